@@ -1,0 +1,4 @@
+/* batch_norm.c — STUB: to be written. */
+#include "autograd/ag_impl.h"
+
+void ag_batch_norm_backward(ag_ctx *ctx, ag_node *n) { (void)ctx; (void)n; }

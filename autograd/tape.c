@@ -1,0 +1,342 @@
+/* tape.c — the context (arena + tape + grad mode), tensors, recording and backward. */
+#include "autograd/ag_gradcheck.h"
+#include "autograd/ag_impl.h"
+#include "autograd/arena.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+struct ag_ctx {
+    ag_arena arena;
+    ag_node **tape; /* heap array, grown by doubling; kept across resets */
+    int64_t n_tape, cap_tape;
+    int32_t no_grad_depth;
+    bool oom_in_backward; /* a gradient buffer could not be allocated */
+};
+
+/* ---- context ---- */
+
+ag_ctx *ag_ctx_new(void)
+{
+    ag_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx) {
+        ag_error(AG_ERR_NOMEM, "ag_ctx_new: out of memory");
+        return NULL;
+    }
+    ag_arena_init(&ctx->arena);
+    return ctx;
+}
+
+void ag_ctx_free(ag_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    ag_arena_deinit(&ctx->arena);
+    free(ctx->tape);
+    free(ctx);
+}
+
+void ag_ctx_reset(ag_ctx *ctx)
+{
+    ag_arena_reset(&ctx->arena);
+    ctx->n_tape = 0;
+    ctx->oom_in_backward = false;
+}
+
+size_t ag_ctx_arena_capacity(const ag_ctx *ctx) { return ctx->arena.capacity; }
+size_t ag_ctx_arena_used(const ag_ctx *ctx) { return ctx->arena.used; }
+int64_t ag_ctx_tape_len(const ag_ctx *ctx) { return ctx->n_tape; }
+
+void ag_no_grad_begin(ag_ctx *ctx) { ctx->no_grad_depth++; }
+
+void ag_no_grad_end(ag_ctx *ctx)
+{
+    AG_ASSERT(ctx->no_grad_depth > 0);
+    ctx->no_grad_depth--;
+}
+
+bool ag_grad_enabled(const ag_ctx *ctx) { return ctx->no_grad_depth == 0; }
+
+void *ag_ctx_alloc(ag_ctx *ctx, size_t bytes)
+{
+    void *p = ag_arena_alloc(&ctx->arena, bytes);
+    if (!p)
+        ag_error(AG_ERR_NOMEM, "out of memory: the step arena could not grow by %zu bytes "
+                               "(it holds %zu)", bytes, ctx->arena.capacity);
+    return p;
+}
+
+/* ---- shapes ---- */
+
+int64_t ag_shape_numel(int32_t ndim, const int64_t *shape)
+{
+    int64_t n = 1;
+    for (int32_t i = 0; i < ndim; i++)
+        n *= shape[i];
+    return n;
+}
+
+bool ag_shape_equal(const ag_tensor *a, const ag_tensor *b)
+{
+    if (a->ndim != b->ndim)
+        return false;
+    for (int32_t i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i])
+            return false;
+    return true;
+}
+
+const char *ag_shape_str(const ag_tensor *t, char *buf, size_t size)
+{
+    size_t off = 0;
+    off += (size_t)snprintf(buf + off, size - off, "[");
+    for (int32_t i = 0; i < t->ndim && off < size; i++)
+        off += (size_t)snprintf(buf + off, size - off, i ? ", %" PRId64 : "%" PRId64,
+                                t->shape[i]);
+    if (off < size)
+        snprintf(buf + off, size - off, "]");
+    return buf;
+}
+
+ag_status ag_shape_error2(const char *op, const char *what, const ag_tensor *a,
+                          const ag_tensor *b)
+{
+    char sa[AG_SHAPE_STR_MAX], sb[AG_SHAPE_STR_MAX];
+    return ag_error(AG_ERR_SHAPE, "%s: %s %s and %s", op, what,
+                    ag_shape_str(a, sa, sizeof sa), ag_shape_str(b, sb, sizeof sb));
+}
+
+static bool shape_valid(int32_t ndim, const int64_t *shape, const char *who)
+{
+    if (ndim < 0 || ndim > AG_MAX_DIMS) {
+        ag_error(AG_ERR_SHAPE, "%s: %d dims (at most %d)", who, (int)ndim, AG_MAX_DIMS);
+        return false;
+    }
+    int64_t n = 1;
+    for (int32_t i = 0; i < ndim; i++) {
+        if (shape[i] < 0) {
+            ag_error(AG_ERR_SHAPE, "%s: negative size %" PRId64 " in dim %d", who, shape[i],
+                     (int)i);
+            return false;
+        }
+        if (shape[i] && n > INT64_MAX / 4 / shape[i]) {
+            ag_error(AG_ERR_SHAPE, "%s: shape too large", who);
+            return false;
+        }
+        n *= shape[i];
+    }
+    return true;
+}
+
+static void tensor_set_shape(ag_tensor *t, int32_t ndim, const int64_t *shape)
+{
+    t->dtype = AG_F32;
+    t->ndim = ndim;
+    for (int32_t i = 0; i < AG_MAX_DIMS; i++)
+        t->shape[i] = i < ndim ? shape[i] : 1;
+    t->numel = ag_shape_numel(ndim, shape);
+}
+
+/* ---- heap tensors ---- */
+
+ag_tensor *ag_tensor_new(int32_t ndim, const int64_t *shape, bool requires_grad)
+{
+    if (!shape_valid(ndim, shape, "ag_tensor_new"))
+        return NULL;
+    ag_tensor *t = calloc(1, sizeof *t);
+    if (!t)
+        goto oom;
+    tensor_set_shape(t, ndim, shape);
+    t->data = calloc((size_t)(t->numel ? t->numel : 1), sizeof(float));
+    if (!t->data)
+        goto oom;
+    t->flags = AG_F_HEAP | (requires_grad ? AG_F_REQUIRES_GRAD : 0u);
+    return t;
+oom:
+    free(t);
+    ag_error(AG_ERR_NOMEM, "ag_tensor_new: out of memory for %" PRId64 " floats",
+             ag_shape_numel(ndim, shape));
+    return NULL;
+}
+
+ag_tensor *ag_param_new(int32_t ndim, const int64_t *shape)
+{
+    return ag_tensor_new(ndim, shape, true);
+}
+
+void ag_tensor_free(ag_tensor *t)
+{
+    if (!t)
+        return;
+    AG_ASSERT(t->flags & AG_F_HEAP);
+    free(t->data);
+    free(t->grad);
+    free(t);
+}
+
+void ag_tensor_zero_grad(ag_tensor *t)
+{
+    if (t && t->grad)
+        memset(t->grad, 0, (size_t)t->numel * sizeof(float));
+}
+
+/* ---- arena tensors ---- */
+
+ag_tensor *ag_op_output(ag_ctx *ctx, int32_t ndim, const int64_t *shape)
+{
+    if (!shape_valid(ndim, shape, "tensor"))
+        return NULL;
+    ag_tensor *t = ag_ctx_alloc(ctx, sizeof *t);
+    if (!t)
+        return NULL;
+    memset(t, 0, sizeof *t);
+    tensor_set_shape(t, ndim, shape);
+    t->data = ag_ctx_alloc(ctx, (size_t)t->numel * sizeof(float));
+    return t->data ? t : NULL;
+}
+
+ag_tensor *ag_ctx_tensor(ag_ctx *ctx, int32_t ndim, const int64_t *shape)
+{
+    return ag_op_output(ctx, ndim, shape);
+}
+
+ag_tensor *ag_ctx_zeros(ag_ctx *ctx, int32_t ndim, const int64_t *shape)
+{
+    ag_tensor *t = ag_op_output(ctx, ndim, shape);
+    if (t)
+        memset(t->data, 0, (size_t)t->numel * sizeof(float));
+    return t;
+}
+
+/* ---- recording ---- */
+
+bool ag_op_needs_record(const ag_ctx *ctx, ag_tensor *const *src, int32_t n_src)
+{
+    if (!ag_grad_enabled(ctx))
+        return false;
+    for (int32_t i = 0; i < n_src; i++)
+        if (src[i] && (src[i]->flags & AG_F_REQUIRES_GRAD))
+            return true;
+    return false;
+}
+
+static bool tape_push(ag_ctx *ctx, ag_node *n)
+{
+    if (ctx->n_tape == ctx->cap_tape) {
+        int64_t cap = ctx->cap_tape ? 2 * ctx->cap_tape : 256;
+        ag_node **t = realloc(ctx->tape, (size_t)cap * sizeof *t);
+        if (!t)
+            return false;
+        ctx->tape = t;
+        ctx->cap_tape = cap;
+    }
+    ctx->tape[ctx->n_tape++] = n;
+    return true;
+}
+
+/* A distinct address that means "recording was needed and failed". */
+static ag_node ag_record_failed;
+
+ag_node *ag_op_record(ag_ctx *ctx, ag_op op, ag_tensor *out, ag_tensor *const *src,
+                      int32_t n_src)
+{
+    AG_ASSERT(n_src <= AG_MAX_SRC && op < AG_OP_COUNT);
+    if (!ag_op_needs_record(ctx, src, n_src))
+        return NULL;
+    ag_node *n = ag_ctx_alloc(ctx, sizeof *n);
+    if (!n)
+        return &ag_record_failed;
+    memset(n, 0, sizeof *n);
+    n->op = op;
+    n->out = out;
+    n->n_src = n_src;
+    for (int32_t i = 0; i < n_src; i++)
+        n->src[i] = src[i];
+    if (!tape_push(ctx, n)) {
+        ag_error(AG_ERR_NOMEM, "%s: out of memory growing the tape", ag_op_names[op]);
+        return &ag_record_failed;
+    }
+    out->node = n;
+    out->flags |= AG_F_REQUIRES_GRAD;
+    return n;
+}
+
+ag_tensor *ag_op_recorded(const ag_node *n, ag_tensor *out)
+{
+    return n == &ag_record_failed ? NULL : out;
+}
+
+/* ---- gradients ---- */
+
+float *ag_grad(ag_ctx *ctx, ag_tensor *t)
+{
+    if (!t || !(t->flags & AG_F_REQUIRES_GRAD))
+        return NULL;
+    if (t->grad)
+        return t->grad;
+    size_t bytes = (size_t)(t->numel ? t->numel : 1) * sizeof(float);
+    if (t->flags & AG_F_HEAP) {
+        t->grad = calloc(1, bytes);
+    } else {
+        t->grad = ag_arena_alloc(&ctx->arena, bytes);
+        if (t->grad)
+            memset(t->grad, 0, bytes);
+    }
+    if (!t->grad)
+        ctx->oom_in_backward = true;
+    return t->grad;
+}
+
+void ag_grad_acc(ag_ctx *ctx, ag_tensor *t, const float *g, int64_t n)
+{
+    AG_ASSERT(!t || n == t->numel); /* a gradient has exactly its tensor's shape */
+    float *dst = ag_grad(ctx, t);
+    if (!dst)
+        return;
+    for (int64_t i = 0; i < n; i++)
+        dst[i] += g[i];
+}
+
+ag_status ag_backward(ag_ctx *ctx, ag_tensor *loss)
+{
+    if (!loss)
+        return ag_error(AG_ERR_STATE, "backward: the loss is NULL (an op before it failed)");
+    if (loss->numel != 1) {
+        char s[AG_SHAPE_STR_MAX];
+        return ag_error(AG_ERR_SHAPE, "backward: the loss must have one element, got %s",
+                        ag_shape_str(loss, s, sizeof s));
+    }
+    const float one = 1.0f;
+    return ag_backward_seeded(ctx, loss, &one);
+}
+
+ag_status ag_backward_seeded(ag_ctx *ctx, ag_tensor *y, const float *seed)
+{
+    if (!y)
+        return ag_error(AG_ERR_STATE, "backward: the output is NULL (an op before it failed)");
+    if (!y->node)
+        return ag_error(AG_ERR_STATE,
+                        "backward: the output was not recorded (no_grad, or no input requires "
+                        "a gradient)");
+    /* Clear intermediate gradients so that a second backward on the same tape adds the
+     * same amount into the leaves again instead of re-propagating stale sums. */
+    for (int64_t i = 0; i < ctx->n_tape; i++) {
+        ag_tensor *out = ctx->tape[i]->out;
+        if (out->grad)
+            memset(out->grad, 0, (size_t)out->numel * sizeof(float));
+    }
+    float *dy = ag_grad(ctx, y);
+    if (!dy)
+        return ag_error(AG_ERR_NOMEM, "backward: out of memory");
+    memcpy(dy, seed, (size_t)y->numel * sizeof(float));
+    for (int64_t i = ctx->n_tape - 1; i >= 0; i--) {
+        ag_node *n = ctx->tape[i];
+        if (!n->out->grad)
+            continue; /* nothing flowed into this node: it does not reach the output */
+        ag_op_backward[n->op](ctx, n);
+    }
+    if (ctx->oom_in_backward)
+        return ag_error(AG_ERR_NOMEM, "backward: out of memory for gradient buffers");
+    return AG_OK;
+}
