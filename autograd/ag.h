@@ -44,10 +44,14 @@
 
 typedef enum ag_dtype {
     AG_F32 = 0, /* the only dtype ops compute on */
-    AG_I32,     /* storage only (e.g. int32 bias at convert time) */
+    AG_I32,     /* storage only: buffers such as zero points, counters, flags */
+    AG_I64,
     AG_I8,
     AG_U8,
 } ag_dtype;
+
+size_t ag_dtype_size(ag_dtype dtype);
+const char *ag_dtype_name(ag_dtype dtype);
 
 enum ag_tensor_flags {
     AG_F_REQUIRES_GRAD = 1u << 0, /* gradients flow into this tensor */
@@ -83,6 +87,11 @@ size_t ag_ctx_arena_used(const ag_ctx *ctx);
 /* Number of nodes on the tape. */
 int64_t ag_ctx_tape_len(const ag_ctx *ctx);
 
+/* The context's random generator (dropout and other stochastic ops draw from it). It
+ * survives ag_ctx_reset; seeded with (0, 0) at creation. Trainers seed it, and save and
+ * restore *ag_ctx_rng(ctx) with their checkpoints so that a resumed run is exact. */
+ag_rng *ag_ctx_rng(ag_ctx *ctx);
+
 /* Grad mode. no_grad scopes nest; inside one, ops record nothing and their outputs
  * do not require gradients (eval, observers, convert). */
 void ag_no_grad_begin(ag_ctx *ctx);
@@ -98,6 +107,9 @@ ag_status ag_backward(ag_ctx *ctx, ag_tensor *loss);
 
 /* Heap tensor, zero-filled, owned by the caller; requires_grad as given. */
 ag_tensor *ag_tensor_new(int32_t ndim, const int64_t *shape, bool requires_grad);
+/* Heap tensor of another dtype (storage only: buffers such as num_batches_tracked
+ * or zero points), zero-filled, never requires a gradient. */
+ag_tensor *ag_tensor_new_dtype(ag_dtype dtype, int32_t ndim, const int64_t *shape);
 /* A parameter: ag_tensor_new(..., true). */
 ag_tensor *ag_param_new(int32_t ndim, const int64_t *shape);
 void ag_tensor_free(ag_tensor *t);   /* heap tensors only; NULL is fine */

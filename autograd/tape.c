@@ -13,6 +13,7 @@ struct ag_ctx {
     int64_t n_tape, cap_tape;
     int32_t no_grad_depth;
     bool oom_in_backward; /* a gradient buffer could not be allocated */
+    ag_rng rng;
 };
 
 /* ---- context ---- */
@@ -25,6 +26,7 @@ ag_ctx *ag_ctx_new(void)
         return NULL;
     }
     ag_arena_init(&ctx->arena);
+    ag_rng_seed(&ctx->rng, 0, 0);
     return ctx;
 }
 
@@ -47,6 +49,8 @@ void ag_ctx_reset(ag_ctx *ctx)
 size_t ag_ctx_arena_capacity(const ag_ctx *ctx) { return ctx->arena.capacity; }
 size_t ag_ctx_arena_used(const ag_ctx *ctx) { return ctx->arena.used; }
 int64_t ag_ctx_tape_len(const ag_ctx *ctx) { return ctx->n_tape; }
+
+ag_rng *ag_ctx_rng(ag_ctx *ctx) { return &ctx->rng; }
 
 void ag_no_grad_begin(ag_ctx *ctx) { ctx->no_grad_depth++; }
 
@@ -140,7 +144,32 @@ static void tensor_set_shape(ag_tensor *t, int32_t ndim, const int64_t *shape)
 
 /* ---- heap tensors ---- */
 
-ag_tensor *ag_tensor_new(int32_t ndim, const int64_t *shape, bool requires_grad)
+size_t ag_dtype_size(ag_dtype dtype)
+{
+    switch (dtype) {
+    case AG_F32: return 4;
+    case AG_I32: return 4;
+    case AG_I64: return 8;
+    case AG_I8: return 1;
+    case AG_U8: return 1;
+    }
+    return 0;
+}
+
+const char *ag_dtype_name(ag_dtype dtype)
+{
+    switch (dtype) {
+    case AG_F32: return "float32";
+    case AG_I32: return "int32";
+    case AG_I64: return "int64";
+    case AG_I8: return "int8";
+    case AG_U8: return "uint8";
+    }
+    return "unknown";
+}
+
+static ag_tensor *heap_tensor(ag_dtype dtype, int32_t ndim, const int64_t *shape,
+                              uint32_t flags)
 {
     if (!shape_valid(ndim, shape, "ag_tensor_new"))
         return NULL;
@@ -148,16 +177,27 @@ ag_tensor *ag_tensor_new(int32_t ndim, const int64_t *shape, bool requires_grad)
     if (!t)
         goto oom;
     tensor_set_shape(t, ndim, shape);
-    t->data = calloc((size_t)(t->numel ? t->numel : 1), sizeof(float));
+    t->dtype = dtype;
+    t->data = calloc((size_t)(t->numel ? t->numel : 1), ag_dtype_size(dtype));
     if (!t->data)
         goto oom;
-    t->flags = AG_F_HEAP | (requires_grad ? AG_F_REQUIRES_GRAD : 0u);
+    t->flags = AG_F_HEAP | flags;
     return t;
 oom:
     free(t);
-    ag_error(AG_ERR_NOMEM, "ag_tensor_new: out of memory for %" PRId64 " floats",
+    ag_error(AG_ERR_NOMEM, "ag_tensor_new: out of memory for %" PRId64 " values",
              ag_shape_numel(ndim, shape));
     return NULL;
+}
+
+ag_tensor *ag_tensor_new(int32_t ndim, const int64_t *shape, bool requires_grad)
+{
+    return heap_tensor(AG_F32, ndim, shape, requires_grad ? AG_F_REQUIRES_GRAD : 0u);
+}
+
+ag_tensor *ag_tensor_new_dtype(ag_dtype dtype, int32_t ndim, const int64_t *shape)
+{
+    return heap_tensor(dtype, ndim, shape, 0u);
 }
 
 ag_tensor *ag_param_new(int32_t ndim, const int64_t *shape)
