@@ -41,10 +41,10 @@ RUNS = {
     "sgd_momentum_wd": (torch.optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=5e-4)),
     "sgd_nesterov": (torch.optim.SGD, dict(lr=0.05, momentum=0.9, nesterov=True)),
     "sgd_dampening": (torch.optim.SGD, dict(lr=0.05, momentum=0.9, dampening=0.1)),
-    "adam": (torch.optim.Adam, dict(lr=0.01)),
-    "adam_amsgrad_wd": (torch.optim.Adam, dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6,
+    "adam": (torch.optim.Adam, dict(lr=0.05)),
+    "adam_amsgrad_wd": (torch.optim.Adam, dict(lr=0.05, betas=(0.8, 0.99), eps=1e-6,
                                                 weight_decay=1e-2, amsgrad=True)),
-    "adamw": (torch.optim.AdamW, dict(lr=0.01)),
+    "adamw": (torch.optim.AdamW, dict(lr=0.05)),
 }
 
 # Schedules: cqat's optim_schedule_lr formulas, written out in the same operation order.

@@ -1,0 +1,29 @@
+/* commands.h — the cqat subcommands and the helpers they share. */
+#ifndef CQAT_TOOLS_COMMANDS_H
+#define CQAT_TOOLS_COMMANDS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "data/data.h"
+#include "tools/train.h"
+
+int cqat_cmd_train(int argc, char **argv);
+int cqat_cmd_eval(int argc, char **argv);
+int cqat_cmd_eval_float(const char *path, const char *model_name, const char *data,
+                        int64_t limit, bool json);
+
+/* Prints "cqat CMD: <last error>" to stderr and returns the exit status 1. */
+int cqat_fail(const char *cmd);
+int cqat_fail_msg(const char *cmd, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Fashion-MNIST train and test sets (either may be NULL), cut to `limit` if > 0. */
+ag_status cqat_load_data(const char *dir, int64_t limit, data_dataset *train,
+                         data_dataset *test);
+void cqat_print_json_eval(const char *kind, const cqat_eval_result *r, double extra_sps);
+
+#endif

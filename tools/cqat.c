@@ -1,0 +1,90 @@
+/* cqat.c — the command line: `cqat <command> [options]`, `cqat <command> --help`. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "tools/args.h"
+#include "tools/commands.h"
+
+int cqat_fail(const char *cmd)
+{
+    const char *msg = ag_last_error();
+    fprintf(stderr, "cqat %s: %s\n", cmd, *msg ? msg : "failed");
+    return 1;
+}
+
+int cqat_fail_msg(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "cqat %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 1;
+}
+
+int cqat_cmd_eval(int argc, char **argv)
+{
+    const char *model = NULL, *weights = NULL, *data = NULL;
+    int64_t limit = 0, threads = 0;
+    bool json = false;
+    cli_opt opts[] = {
+        {"--model", CLI_STR, &model, "model name, for a plain state_dict", 0, 0, NULL, "NAME"},
+        {"--weights", CLI_STR, &weights, "a plain state_dict file (with --model)", 0, 0, NULL, "FILE"},
+        {"--data", CLI_STR, &data, "data folder (default: Debian's Fashion-MNIST)", 0, 0, NULL, "DIR"},
+        {"--limit", CLI_INT, &limit, "use only the first N test images", 0, 1e12, NULL, NULL},
+        {"--threads", CLI_INT, &threads, "threads", 0, 1024, NULL, NULL},
+        {"--json", CLI_FLAG, &json, "print a JSON summary as the last line", 0, 0, NULL, NULL},
+    };
+    int n_opts = (int)(sizeof opts / sizeof opts[0]);
+    cli_parsed p;
+    if (cli_args_parse(argc, argv, opts, n_opts, &p) != AG_OK)
+        return cqat_fail("eval");
+    if (p.help) {
+        cli_args_help("cqat eval CHECKPOINT.h5 | cqat eval --model NAME --weights STATE_DICT.h5",
+                      "Test-set accuracy and loss of a checkpoint or a PyTorch state_dict.",
+                      opts, n_opts);
+        return 0;
+    }
+    if (p.n_positional > 1 || (p.n_positional == 1 && weights))
+        return cqat_fail_msg("eval", "give one file: CHECKPOINT.h5 or --weights FILE");
+    const char *path = p.n_positional ? p.positional[0] : weights;
+    if (!path)
+        return cqat_fail_msg("eval", "no file to evaluate (see --help)");
+    ag_set_num_threads((int)threads);
+    return cqat_cmd_eval_float(path, model, data, limit, json);
+}
+
+typedef struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *about;
+} command;
+
+static const command COMMANDS[] = {
+    {"train", cqat_cmd_train, "train a float model (checkpoints in HDF5)"},
+    {"eval", cqat_cmd_eval, "test-set accuracy of a checkpoint or state_dict"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: cqat <command> [options]   (cqat <command> --help for its options)\n\n"
+               "commands:\n");
+    for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
+        fprintf(f, "  %-18s %s\n", COMMANDS[i].name, COMMANDS[i].about);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
+        if (strcmp(argv[1], COMMANDS[i].name) == 0)
+            return COMMANDS[i].run(argc - 2, argv + 2);
+    fprintf(stderr, "cqat: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
