@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(
   build-essential meson ninja-build pkg-config   # toolchain
-  libopenblas-dev libhdf5-dev zlib1g-dev check   # libraries (check: the test framework)
+  libopenblas-openmp-dev libhdf5-dev zlib1g-dev check   # libraries (check: the test framework)
   dataset-fashion-mnist                          # the default data set
   python3 python3-numpy python3-h5py             # the numpy reference reader, test helpers
   valgrind                                       # memory checks of the test suite

@@ -1,7 +1,9 @@
 /* cqat.c — the command line: `cqat <command> [options]`, `cqat <command> --help`. */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tools/args.h"
 #include "tools/commands.h"
@@ -75,8 +77,22 @@ static void usage(FILE *f)
         fprintf(f, "  %-18s %s\n", COMMANDS[i].name, COMMANDS[i].about);
 }
 
+/* libgomp reads OMP_WAIT_POLICY once, when it is loaded. Its default lets idle workers
+ * spin for a long time; on a shared machine (or next to BLAS threads) the spinning
+ * steals the cores the work needs and a training step runs several times slower. So,
+ * unless the user chose a policy, cqat asks for passive waiting and starts itself
+ * again with it (exec keeps the pid, arguments and the rest of the environment). */
+static void ensure_passive_wait(char **argv)
+{
+    if (getenv("OMP_WAIT_POLICY"))
+        return;
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    execv("/proc/self/exe", argv); /* returns only on failure: then run as we are */
+}
+
 int main(int argc, char **argv)
 {
+    ensure_passive_wait(argv);
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

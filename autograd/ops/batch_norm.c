@@ -33,7 +33,10 @@ typedef struct bn_dims {
 /* Index of node parameters. */
 enum { BN_IP_N, BN_IP_C, BN_IP_INNER, BN_IP_TRAINING };
 
-static int64_t bn_count(bn_dims d) { return d.n * d.inner; }
+static int64_t bn_count(bn_dims d)
+{
+    return d.n * d.inner;
+}
 
 static const float *bn_row(const float *base, bn_dims d, int64_t i, int64_t ch)
 {
@@ -42,8 +45,8 @@ static const float *bn_row(const float *base, bn_dims d, int64_t i, int64_t ch)
 
 /* sum(a - ka) and sum((a - ka)(b - kb)) over n values, in double with four
  * independent accumulators so the additions pipeline. */
-static void sums2(const float *a, const float *b, double ka, double kb, int64_t n,
-                  double *sa, double *sab)
+static void sums2(const float *a, const float *b, double ka, double kb, int64_t n, double *sa,
+                  double *sab)
 {
     double s[4] = {0}, p[4] = {0};
     int64_t i = 0;
@@ -96,8 +99,8 @@ static bool vector_fits(const char *name, const ag_tensor *v, const ag_tensor *x
     if (!v || v->numel == x->shape[1])
         return true;
     char sx[AG_SHAPE_STR_MAX], sv[AG_SHAPE_STR_MAX];
-    ag_error(AG_ERR_SHAPE, "batch_norm: input %s has %" PRId64 " channels, %s %s has %" PRId64
-                           " values",
+    ag_error(AG_ERR_SHAPE,
+             "batch_norm: input %s has %" PRId64 " channels, %s %s has %" PRId64 " values",
              ag_shape_str(x, sx, sizeof sx), x->shape[1], name, ag_shape_str(v, sv, sizeof sv),
              v->numel);
     return false;
@@ -113,7 +116,7 @@ static bool bn_args_valid(const ag_tensor *x, const ag_tensor *weight, const ag_
         return false;
     }
     if (x->ndim < 2) {
-        ag_error(AG_ERR_SHAPE, "batch_norm: input %s must be [N, C] or [N, C, H, W]",
+        ag_error(AG_ERR_SHAPE, "batch_norm: input %s must be [N, C, ...] (2 dims or more)",
                  ag_shape_str(x, sx, sizeof sx));
         return false;
     }
