@@ -120,15 +120,16 @@ typedef struct data_loader {
     bool shuffle, drop_last;
     uint64_t seed;
     data_transform tf;
-    int64_t epoch;          /* the epoch whose order is in `order` */
-    uint32_t *order;        /* (n) dataset index of each position of the epoch */
-    float lut[3][256];      /* pixel -> normalized float, per channel */
+    int64_t epoch;     /* the epoch whose order is in `order` */
+    uint32_t *order;   /* (n) dataset index of each position of the epoch */
+    float lut[3][256]; /* pixel -> normalized float, per channel */
 } data_loader;
 
 /* Prepares a loader over `ds` and begins epoch 0. tf NULL: data_transform_identity().
- * Fails (AG_ERR_ARG) on batch_size < 1, an empty dataset, a std that is not
- * positive and finite, more than 3 channels with a normalizing transform, a
- * negative crop_padding. The loader owns its order buffer: data_loader_deinit(). */
+ * Fails with AG_ERR_ARG on batch_size < 1, an empty dataset, a std that is not
+ * positive and finite, a negative crop_padding; AG_ERR_UNSUPPORTED on images of more
+ * than 3 channels or more than 2^32 - 1 samples. The loader owns its order buffer:
+ * data_loader_deinit(). */
 ag_status data_loader_init(data_loader *ld, const data_dataset *ds, int32_t batch_size,
                            bool shuffle, bool drop_last, uint64_t seed,
                            const data_transform *tf);
