@@ -93,6 +93,7 @@ static void ensure_passive_wait(char **argv)
 int main(int argc, char **argv)
 {
     ensure_passive_wait(argv);
+    setvbuf(stdout, NULL, _IOLBF, 0); /* progress lines reach logs as they happen */
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
