@@ -8,6 +8,7 @@
 
 #include <cblas.h>
 #include <inttypes.h>
+#include <stdio.h>
 
 /* Row-major C (m, n) = A (m, k) . B (k, n) + beta C, with op() transposes. BLAS rejects
  * or leaves undefined the empty cases; like PyTorch, an empty sum is zero. */
@@ -52,8 +53,9 @@ static bool matmul_check(const ag_tensor *a, const ag_tensor *b, bool trans_a, b
     int64_t ka = trans_a ? a->shape[0] : a->shape[1];
     int64_t kb = trans_b ? b->shape[1] : b->shape[0];
     if (ka != kb) {
-        ag_error(AG_ERR_SHAPE, "matmul: a %s and b %s cannot be multiplied: %" PRId64
-                               " columns against %" PRId64 " rows",
+        ag_error(AG_ERR_SHAPE,
+                 "matmul: a %s and b %s cannot be multiplied: %" PRId64
+                 " columns against %" PRId64 " rows",
                  operand_str(a, trans_a, sa, sizeof sa), operand_str(b, trans_b, sb, sizeof sb),
                  ka, kb);
         return false;
@@ -96,14 +98,14 @@ void ag_matmul_backward(ag_ctx *ctx, ag_node *node)
     const float *g = node->out->grad; // (M, N)
     float *da = ag_grad(ctx, a);
     if (da && !ta)
-        sgemm(false, !tb, m, k, n, g, n, b->data, ldb, 1.0f, da, k);  // (M, K)
+        sgemm(false, !tb, m, k, n, g, n, b->data, ldb, 1.0f, da, k); // (M, K)
     if (da && ta)
-        sgemm(tb, true, k, m, n, b->data, ldb, g, n, 1.0f, da, m);    // (K, M)
+        sgemm(tb, true, k, m, n, b->data, ldb, g, n, 1.0f, da, m); // (K, M)
     float *db = ag_grad(ctx, b);
     if (db && !tb)
-        sgemm(!ta, false, k, n, m, a->data, lda, g, n, 1.0f, db, n);  // (K, N)
+        sgemm(!ta, false, k, n, m, a->data, lda, g, n, 1.0f, db, n); // (K, N)
     if (db && tb)
-        sgemm(true, ta, n, k, m, g, n, a->data, lda, 1.0f, db, k);    // (N, K)
+        sgemm(true, ta, n, k, m, g, n, a->data, lda, 1.0f, db, k); // (N, K)
 }
 
 /* ---- linear ----------------------------------------------------------------------- */
@@ -114,19 +116,20 @@ static bool linear_check(const ag_tensor *x, const ag_tensor *w, const ag_tensor
     ag_shape_str(x, sx, sizeof sx);
     ag_shape_str(w, sw, sizeof sw);
     if (w->ndim != 2) {
-        ag_error(AG_ERR_SHAPE, "linear: weight %s must be 2-D [out_features, in_features]",
-                 sw);
+        ag_error(AG_ERR_SHAPE, "linear: weight %s must be 2-D [out_features, in_features]", sw);
         return false;
     }
     if (x->ndim < 1 || x->shape[x->ndim - 1] != w->shape[1]) {
-        ag_error(AG_ERR_SHAPE, "linear: input %s has %" PRId64 " features, weight %s expects %"
-                               PRId64, sx, x->ndim ? x->shape[x->ndim - 1] : 0, sw, w->shape[1]);
+        ag_error(AG_ERR_SHAPE,
+                 "linear: input %s has %" PRId64 " features, weight %s expects %" PRId64, sx,
+                 x->ndim ? x->shape[x->ndim - 1] : 0, sw, w->shape[1]);
         return false;
     }
     if (b && (b->ndim != 1 || b->shape[0] != w->shape[0])) {
-        ag_error(AG_ERR_SHAPE, "linear: bias %s must be [%" PRId64 "], one value per output "
-                               "feature of weight %s", ag_shape_str(b, sb, sizeof sb),
-                 w->shape[0], sw);
+        ag_error(AG_ERR_SHAPE,
+                 "linear: bias %s must be [%" PRId64 "], one value per output "
+                 "feature of weight %s",
+                 ag_shape_str(b, sb, sizeof sb), w->shape[0], sw);
         return false;
     }
     return true;
@@ -166,10 +169,10 @@ void ag_linear_backward(ag_ctx *ctx, ag_node *n)
     const float *g = n->out->grad; // (rows, out)
     float *dx = ag_grad(ctx, x);
     if (dx)
-        sgemm(false, false, rows, in, out, g, out, w->data, in, 1.0f, dx, in);  // (rows, in)
+        sgemm(false, false, rows, in, out, g, out, w->data, in, 1.0f, dx, in); // (rows, in)
     float *dw = ag_grad(ctx, w);
     if (dw)
-        sgemm(true, false, out, in, rows, g, out, x->data, in, 1.0f, dw, in);   // (out, in)
+        sgemm(true, false, out, in, rows, g, out, x->data, in, 1.0f, dw, in); // (out, in)
     float *db = ag_grad(ctx, b);
     if (db)
         for (int64_t r = 0; r < rows; r++)
