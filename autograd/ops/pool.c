@@ -1,10 +1,425 @@
-/* pool.c — STUB: to be written. */
+/* pool.c — max, average and adaptive average pooling over NCHW planes.
+ *
+ * The loops follow PyTorch's contiguous CPU kernels (aten/src/ATen/native/cpu/
+ * MaxPoolKernel.cpp, AvgPoolKernel.cpp, AdaptiveAvgPoolKernel.cpp): the same window
+ * bounds, the same scan order, the same float sums and divisions, so the values agree
+ * with F.max_pool2d / F.avg_pool2d / F.adaptive_avg_pool2d to the last bit or so.
+ *
+ * Every kernel works one (n, c) plane at a time. Planes are independent, so they are
+ * what OpenMP splits, and each plane's gradient is written by one thread only (no
+ * atomics even where windows overlap).
+ */
 #include "autograd/ag_impl.h"
-#define STUB(...) { (void)ctx; ag_error(AG_ERR_UNSUPPORTED, "%s: not implemented", __func__); return NULL; }
 
-void ag_max_pool2d_backward(ag_ctx *ctx, ag_node *n) { (void)ctx; (void)n; }
-void ag_avg_pool2d_backward(ag_ctx *ctx, ag_node *n) { (void)ctx; (void)n; }
-void ag_adaptive_avg_pool2d_backward(ag_ctx *ctx, ag_node *n) { (void)ctx; (void)n; }
-ag_tensor *ag_max_pool2d(ag_ctx *ctx, ag_tensor *x, const ag_pool2d_args *args) STUB()
-ag_tensor *ag_avg_pool2d(ag_ctx *ctx, ag_tensor *x, const ag_pool2d_args *args) STUB()
-ag_tensor *ag_adaptive_avg_pool2d(ag_ctx *ctx, ag_tensor *x, int32_t out_h, int32_t out_w) STUB()
+#include <math.h>
+
+/* Below this many window reads a loop is not worth waking the thread team for. */
+enum { POOL_PAR_WORK = 32768 };
+
+/* Node parameters shared by max_pool2d and avg_pool2d (ip[]). */
+enum { IP_KH, IP_KW, IP_SH, IP_SW, IP_PH, IP_PW, IP_INCLUDE_PAD };
+
+typedef struct pool_geom {
+    int64_t planes; /* N * C */
+    int64_t ih, iw; /* input plane */
+    int64_t oh, ow; /* output plane */
+    int64_t kh, kw, sh, sw, ph, pw;
+} pool_geom;
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* ---- arguments and shapes ---- */
+
+/* PyTorch's pool2d_shape_check and pooling_output_shape (floor mode): kernel > 0,
+ * stride > 0 (0 here means = kernel), 0 <= padding <= kernel / 2, and at least one
+ * output row and column. Sets the last error and returns false otherwise. */
+static bool pool_geom_init(pool_geom *g, const char *op, const ag_tensor *x,
+                           const ag_pool2d_args *a)
+{
+    char s[AG_SHAPE_STR_MAX];
+    ag_shape_str(x, s, sizeof s);
+    if (!a) {
+        ag_error(AG_ERR_ARG, "%s: args is NULL", op);
+        return false;
+    }
+    if (x->ndim != 4 || x->shape[1] == 0 || x->shape[2] == 0 || x->shape[3] == 0) {
+        ag_error(AG_ERR_SHAPE, "%s: input %s must be [N, C, H, W] with non-zero C, H, W",
+                 op, s);
+        return false;
+    }
+    if (a->ceil_mode) {
+        ag_error(AG_ERR_UNSUPPORTED, "%s: ceil_mode is not supported (input %s)", op, s);
+        return false;
+    }
+    const int32_t *k = a->kernel, *p = a->padding;
+    if (k[0] <= 0 || k[1] <= 0) {
+        ag_error(AG_ERR_ARG, "%s: kernel %dx%d must be positive (input %s)", op, (int)k[0],
+                 (int)k[1], s);
+        return false;
+    }
+    if (a->stride[0] < 0 || a->stride[1] < 0) {
+        ag_error(AG_ERR_ARG, "%s: stride %dx%d must be positive, or 0 for the kernel size",
+                 op, (int)a->stride[0], (int)a->stride[1]);
+        return false;
+    }
+    if (p[0] < 0 || p[1] < 0) {
+        ag_error(AG_ERR_ARG, "%s: padding %dx%d must be non-negative", op, (int)p[0],
+                 (int)p[1]);
+        return false;
+    }
+    if (p[0] > k[0] / 2 || p[1] > k[1] / 2) {
+        ag_error(AG_ERR_ARG, "%s: padding %dx%d must be at most half the kernel %dx%d", op,
+                 (int)p[0], (int)p[1], (int)k[0], (int)k[1]);
+        return false;
+    }
+    g->planes = x->shape[0] * x->shape[1];
+    g->ih = x->shape[2];
+    g->iw = x->shape[3];
+    g->kh = k[0];
+    g->kw = k[1];
+    g->sh = a->stride[0] ? a->stride[0] : k[0];
+    g->sw = a->stride[1] ? a->stride[1] : k[1];
+    g->ph = p[0];
+    g->pw = p[1];
+    if (g->ih + 2 * g->ph < g->kh || g->iw + 2 * g->pw < g->kw) {
+        ag_error(AG_ERR_SHAPE, "%s: input %s is smaller than the kernel %dx%d with padding %dx%d",
+                 op, s, (int)k[0], (int)k[1], (int)p[0], (int)p[1]);
+        return false;
+    }
+    g->oh = (g->ih + 2 * g->ph - g->kh) / g->sh + 1;
+    g->ow = (g->iw + 2 * g->pw - g->kw) / g->sw + 1;
+    return true;
+}
+
+/* The geometry a recorded max/avg pool node was made with. */
+static pool_geom pool_geom_of(const ag_node *n)
+{
+    const ag_tensor *x = n->src[0];
+    pool_geom g = {
+        .planes = x->shape[0] * x->shape[1],
+        .ih = x->shape[2], .iw = x->shape[3],
+        .oh = n->out->shape[2], .ow = n->out->shape[3],
+        .kh = n->ip[IP_KH], .kw = n->ip[IP_KW], .sh = n->ip[IP_SH], .sw = n->ip[IP_SW],
+        .ph = n->ip[IP_PH], .pw = n->ip[IP_PW],
+    };
+    return g;
+}
+
+static void pool_geom_save(ag_node *n, const pool_geom *g)
+{
+    n->ip[IP_KH] = g->kh;
+    n->ip[IP_KW] = g->kw;
+    n->ip[IP_SH] = g->sh;
+    n->ip[IP_SW] = g->sw;
+    n->ip[IP_PH] = g->ph;
+    n->ip[IP_PW] = g->pw;
+}
+
+static ag_tensor *pool_output(ag_ctx *ctx, const ag_tensor *x, int64_t oh, int64_t ow)
+{
+    return ag_op_output(ctx, 4, AG_SHAPE(x->shape[0], x->shape[1], oh, ow));
+}
+
+/* One window along one axis. [lo, hi) are the input cells it covers; `full` is its
+ * length counting padding, PyTorch's min(start + k, in + pad) - start, which is the
+ * count_include_pad divisor. */
+typedef struct pool_span {
+    int64_t lo, hi, full;
+} pool_span;
+
+static pool_span pool_span_at(int64_t o, int64_t k, int64_t stride, int64_t pad, int64_t in)
+{
+    int64_t start = o * stride - pad;
+    int64_t end = min64(start + k, in + pad);
+    pool_span s = {max64(start, 0), min64(end, in), end - start};
+    return s;
+}
+
+/* ---- max_pool2d ---- */
+
+/* F.max_pool2d on one plane. Padding acts as -inf: only real cells are scanned, and
+ * the index starts at the first real cell (so an all -inf window points there). The
+ * first maximum in scan order wins ties; a NaN always takes over (PyTorch's
+ * `val > max || isnan(val)`), so NaN propagates and the last NaN holds the index. */
+static void max_pool_plane(const float *x, float *y, int32_t *idx, const pool_geom *g)
+{
+    for (int64_t oh = 0; oh < g->oh; oh++) {
+        pool_span sh = pool_span_at(oh, g->kh, g->sh, g->ph, g->ih);
+        for (int64_t ow = 0; ow < g->ow; ow++) {
+            pool_span sw = pool_span_at(ow, g->kw, g->sw, g->pw, g->iw);
+            int64_t best_i = sh.lo * g->iw + sw.lo;
+            float best = -INFINITY;
+            for (int64_t h = sh.lo; h < sh.hi; h++)
+                for (int64_t w = sw.lo; w < sw.hi; w++) {
+                    float v = x[h * g->iw + w];
+                    bool take = (v > best) | isnan(v); /* a select, not a branch */
+                    best = take ? v : best;
+                    best_i = take ? h * g->iw + w : best_i;
+                }
+            y[oh * g->ow + ow] = best;
+            if (idx)
+                idx[oh * g->ow + ow] = (int32_t)best_i;
+        }
+    }
+}
+
+/* The same for kernel 2, stride 2, no padding (MaxPool2d(2), the common case): cells
+ * a b / c d, scanned a, b, c, d with the same tie and NaN rule. Written as selects
+ * (`|`, not `||`) so that GCC vectorises across output columns: random data makes
+ * each comparison a coin flip, which as a branch costs more than the whole loop. */
+static void max_pool_2x2_plane(const float *restrict x, float *restrict y,
+                               int32_t *restrict idx, const pool_geom *g)
+{
+    const int32_t iw = (int32_t)g->iw, ow_n = (int32_t)g->ow; /* a plane fits int32 */
+    for (int32_t oh = 0; oh < (int32_t)g->oh; oh++) {
+        const float *top = x + 2 * oh * iw; /* (iw) */
+        const float *bot = top + iw;        /* (iw) */
+        float *yr = y + oh * ow_n;          /* (ow) */
+        int32_t *ir = idx ? idx + oh * ow_n : NULL;
+        for (int32_t ow = 0; ow < ow_n; ow++) {
+            int32_t ia = 2 * oh * iw + 2 * ow; /* index of a in the plane */
+            float a = top[2 * ow], b = top[2 * ow + 1];
+            float c = bot[2 * ow], d = bot[2 * ow + 1];
+            float m = a;
+            int32_t k = ia;
+            bool t = (b > m) | isnan(b);
+            m = t ? b : m;
+            k = t ? ia + 1 : k;
+            t = (c > m) | isnan(c);
+            m = t ? c : m;
+            k = t ? ia + iw : k;
+            t = (d > m) | isnan(d);
+            m = t ? d : m;
+            k = t ? ia + iw + 1 : k;
+            yr[ow] = m;
+            if (ir)
+                ir[ow] = k;
+        }
+    }
+}
+
+ag_tensor *ag_max_pool2d(ag_ctx *ctx, ag_tensor *x, const ag_pool2d_args *args)
+{
+    if (!x)
+        return NULL;
+    pool_geom g;
+    if (!pool_geom_init(&g, "max_pool2d", x, args))
+        return NULL;
+    if (g.ih * g.iw > INT32_MAX) {
+        char s[AG_SHAPE_STR_MAX];
+        ag_error(AG_ERR_UNSUPPORTED, "max_pool2d: input %s has planes too large for int32 "
+                                     "indices", ag_shape_str(x, s, sizeof s));
+        return NULL;
+    }
+    ag_tensor *y = pool_output(ctx, x, g.oh, g.ow); /* (N, C, oh, ow) */
+    if (!y)
+        return NULL;
+    /* argmax per output cell, an index into its input plane; only when backward needs it */
+    int32_t *idx = NULL; /* (N, C, oh, ow) */
+    if (ag_op_needs_record(ctx, &x, 1)) {
+        idx = ag_ctx_alloc(ctx, (size_t)y->numel * sizeof *idx);
+        if (!idx)
+            return NULL;
+    }
+    bool fast = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0;
+    int64_t in_plane = g.ih * g.iw, out_plane = g.oh * g.ow;
+    const float *xd = x->data;
+    float *yd = y->data;
+#pragma omp parallel for if (y->numel * g.kh * g.kw > POOL_PAR_WORK) schedule(static)
+    for (int64_t p = 0; p < g.planes; p++) {
+        int32_t *ip = idx ? idx + p * out_plane : NULL;
+        if (fast)
+            max_pool_2x2_plane(xd + p * in_plane, yd + p * out_plane, ip, &g);
+        else
+            max_pool_plane(xd + p * in_plane, yd + p * out_plane, ip, &g);
+    }
+    ag_node *n = ag_op_record(ctx, AG_OP_MAX_POOL2D, y, &x, 1);
+    if (n && ag_op_recorded(n, y)) {
+        pool_geom_save(n, &g);
+        n->saved = idx;
+    }
+    return ag_op_recorded(n, y);
+}
+
+/* max_pool2d_with_indices_backward: each output gradient goes to its argmax. */
+void ag_max_pool2d_backward(ag_ctx *ctx, ag_node *n)
+{
+    float *dx = ag_grad(ctx, n->src[0]); /* (N, C, ih, iw) */
+    if (!dx)
+        return;
+    pool_geom g = pool_geom_of(n);
+    const int32_t *idx = n->saved;   /* (N, C, oh, ow) */
+    const float *dy = n->out->grad;  /* (N, C, oh, ow) */
+    int64_t in_plane = g.ih * g.iw, out_plane = g.oh * g.ow;
+#pragma omp parallel for if (n->out->numel > POOL_PAR_WORK) schedule(static)
+    for (int64_t p = 0; p < g.planes; p++) {
+        float *dxp = dx + p * in_plane;
+        const float *dyp = dy + p * out_plane;
+        const int32_t *ip = idx + p * out_plane;
+        for (int64_t o = 0; o < out_plane; o++)
+            dxp[ip[o]] += dyp[o];
+    }
+}
+
+/* ---- avg_pool2d ---- */
+
+/* F.avg_pool2d on one plane: a float sum over the real cells of the window, divided
+ * by the padded window size (count_include_pad) or by the number of real cells. With
+ * floor mode and padding <= kernel / 2 every window holds at least one real cell. */
+static void avg_pool_plane(const float *x, float *y, const pool_geom *g, bool include_pad)
+{
+    for (int64_t oh = 0; oh < g->oh; oh++) {
+        pool_span sh = pool_span_at(oh, g->kh, g->sh, g->ph, g->ih);
+        for (int64_t ow = 0; ow < g->ow; ow++) {
+            pool_span sw = pool_span_at(ow, g->kw, g->sw, g->pw, g->iw);
+            int64_t div = include_pad ? sh.full * sw.full : (sh.hi - sh.lo) * (sw.hi - sw.lo);
+            float sum = 0.0f;
+            for (int64_t h = sh.lo; h < sh.hi; h++)
+                for (int64_t w = sw.lo; w < sw.hi; w++)
+                    sum += x[h * g->iw + w];
+            y[oh * g->ow + ow] = sum / (float)div;
+        }
+    }
+}
+
+static void avg_pool_plane_backward(float *dx, const float *dy, const pool_geom *g,
+                                    bool include_pad)
+{
+    for (int64_t oh = 0; oh < g->oh; oh++) {
+        pool_span sh = pool_span_at(oh, g->kh, g->sh, g->ph, g->ih);
+        for (int64_t ow = 0; ow < g->ow; ow++) {
+            pool_span sw = pool_span_at(ow, g->kw, g->sw, g->pw, g->iw);
+            int64_t div = include_pad ? sh.full * sw.full : (sh.hi - sh.lo) * (sw.hi - sw.lo);
+            float delta = dy[oh * g->ow + ow] / (float)div;
+            for (int64_t h = sh.lo; h < sh.hi; h++)
+                for (int64_t w = sw.lo; w < sw.hi; w++)
+                    dx[h * g->iw + w] += delta;
+        }
+    }
+}
+
+ag_tensor *ag_avg_pool2d(ag_ctx *ctx, ag_tensor *x, const ag_pool2d_args *args)
+{
+    if (!x)
+        return NULL;
+    pool_geom g;
+    if (!pool_geom_init(&g, "avg_pool2d", x, args))
+        return NULL;
+    ag_tensor *y = pool_output(ctx, x, g.oh, g.ow); /* (N, C, oh, ow) */
+    if (!y)
+        return NULL;
+    bool include_pad = args->count_include_pad;
+    int64_t in_plane = g.ih * g.iw, out_plane = g.oh * g.ow;
+    const float *xd = x->data;
+    float *yd = y->data;
+#pragma omp parallel for if (y->numel * g.kh * g.kw > POOL_PAR_WORK) schedule(static)
+    for (int64_t p = 0; p < g.planes; p++)
+        avg_pool_plane(xd + p * in_plane, yd + p * out_plane, &g, include_pad);
+    ag_node *n = ag_op_record(ctx, AG_OP_AVG_POOL2D, y, &x, 1);
+    if (n && ag_op_recorded(n, y)) {
+        pool_geom_save(n, &g);
+        n->ip[IP_INCLUDE_PAD] = include_pad;
+    }
+    return ag_op_recorded(n, y);
+}
+
+void ag_avg_pool2d_backward(ag_ctx *ctx, ag_node *n)
+{
+    float *dx = ag_grad(ctx, n->src[0]); /* (N, C, ih, iw) */
+    if (!dx)
+        return;
+    pool_geom g = pool_geom_of(n);
+    bool include_pad = n->ip[IP_INCLUDE_PAD] != 0;
+    const float *dy = n->out->grad; /* (N, C, oh, ow) */
+    int64_t in_plane = g.ih * g.iw, out_plane = g.oh * g.ow;
+#pragma omp parallel for if (n->out->numel * g.kh * g.kw > POOL_PAR_WORK) schedule(static)
+    for (int64_t p = 0; p < g.planes; p++)
+        avg_pool_plane_backward(dx + p * in_plane, dy + p * out_plane, &g, include_pad);
+}
+
+/* ---- adaptive_avg_pool2d ---- */
+
+/* Output cell o of O over an input axis of I covers [floor(o I / O), ceil((o+1) I / O)),
+ * PyTorch's start_index / end_index (AdaptivePooling.h). */
+static pool_span adaptive_span(int64_t o, int64_t out, int64_t in)
+{
+    pool_span s = {(o * in) / out, ((o + 1) * in + out - 1) / out, 0};
+    s.full = s.hi - s.lo;
+    return s;
+}
+
+/* cpu_adaptive_avg_pool: the sum divided by kh, then by kw, as PyTorch does it. */
+static void adaptive_avg_plane(const float *x, float *y, int64_t ih, int64_t iw, int64_t oh,
+                               int64_t ow)
+{
+    for (int64_t r = 0; r < oh; r++) {
+        pool_span sh = adaptive_span(r, oh, ih);
+        for (int64_t c = 0; c < ow; c++) {
+            pool_span sw = adaptive_span(c, ow, iw);
+            float sum = 0.0f;
+            for (int64_t h = sh.lo; h < sh.hi; h++)
+                for (int64_t w = sw.lo; w < sw.hi; w++)
+                    sum += x[h * iw + w];
+            y[r * ow + c] = sum / (float)sh.full / (float)sw.full;
+        }
+    }
+}
+
+static void adaptive_avg_plane_backward(float *dx, const float *dy, int64_t ih, int64_t iw,
+                                        int64_t oh, int64_t ow)
+{
+    for (int64_t r = 0; r < oh; r++) {
+        pool_span sh = adaptive_span(r, oh, ih);
+        for (int64_t c = 0; c < ow; c++) {
+            pool_span sw = adaptive_span(c, ow, iw);
+            float delta = dy[r * ow + c] / (float)sh.full / (float)sw.full;
+            for (int64_t h = sh.lo; h < sh.hi; h++)
+                for (int64_t w = sw.lo; w < sw.hi; w++)
+                    dx[h * iw + w] += delta;
+        }
+    }
+}
+
+ag_tensor *ag_adaptive_avg_pool2d(ag_ctx *ctx, ag_tensor *x, int32_t out_h, int32_t out_w)
+{
+    if (!x)
+        return NULL;
+    char s[AG_SHAPE_STR_MAX];
+    if (x->ndim != 4 || x->shape[1] == 0 || x->shape[2] == 0 || x->shape[3] == 0) {
+        ag_error(AG_ERR_SHAPE, "adaptive_avg_pool2d: input %s must be [N, C, H, W] with "
+                               "non-zero C, H, W", ag_shape_str(x, s, sizeof s));
+        return NULL;
+    }
+    /* PyTorch accepts an output size of 0 (an empty result), not a negative one. */
+    if (out_h < 0 || out_w < 0) {
+        ag_error(AG_ERR_ARG, "adaptive_avg_pool2d: output size %dx%d must be non-negative "
+                             "(input %s)", (int)out_h, (int)out_w, ag_shape_str(x, s, sizeof s));
+        return NULL;
+    }
+    ag_tensor *y = pool_output(ctx, x, out_h, out_w); /* (N, C, out_h, out_w) */
+    if (!y)
+        return NULL;
+    int64_t planes = x->shape[0] * x->shape[1], ih = x->shape[2], iw = x->shape[3];
+    const float *xd = x->data;
+    float *yd = y->data;
+#pragma omp parallel for if (x->numel > POOL_PAR_WORK) schedule(static)
+    for (int64_t p = 0; p < planes; p++)
+        adaptive_avg_plane(xd + p * ih * iw, yd + p * out_h * out_w, ih, iw, out_h, out_w);
+    ag_node *n = ag_op_record(ctx, AG_OP_ADAPTIVE_AVG_POOL2D, y, &x, 1);
+    return ag_op_recorded(n, y);
+}
+
+void ag_adaptive_avg_pool2d_backward(ag_ctx *ctx, ag_node *n)
+{
+    ag_tensor *x = n->src[0];
+    float *dx = ag_grad(ctx, x); /* (N, C, ih, iw) */
+    if (!dx)
+        return;
+    const float *dy = n->out->grad; /* (N, C, oh, ow) */
+    int64_t planes = x->shape[0] * x->shape[1], ih = x->shape[2], iw = x->shape[3];
+    int64_t oh = n->out->shape[2], ow = n->out->shape[3];
+#pragma omp parallel for if (x->numel > POOL_PAR_WORK) schedule(static)
+    for (int64_t p = 0; p < planes; p++)
+        adaptive_avg_plane_backward(dx + p * ih * iw, dy + p * oh * ow, ih, iw, oh, ow);
+}
