@@ -317,8 +317,21 @@ ag_status nn_h5_read_tensor(hid_t loc, const char *label, const char *name, ag_t
 ag_status nn_h5_read_floats(hid_t loc, const char *label, const char *name, float *v,
                             int64_t numel)
 {
-    ag_tensor view = {.dtype = AG_F32, .ndim = 1, .shape = {numel}, .numel = numel, .data = v};
-    return nn_h5_read_tensor(loc, label, name, &view);
+    /* Any shape holding exactly numel values: view the buffer with the file's shape. */
+    if (!nn_h5_has_object(loc, name))
+        return ag_error(AG_ERR_FORMAT, "%s: no dataset '%s'", label, name);
+    hid_t ds = H5Dopen2(loc, name, H5P_DEFAULT);
+    if (ds < 0)
+        return ag_error(AG_ERR_FORMAT, "%s: '%s' is not a readable dataset", label, name);
+    h5_info info = {0};
+    ag_status st = dataset_info(ds, label, name, &info);
+    if (st == AG_OK && info.numel != numel)
+        st = ag_error(AG_ERR_SHAPE, "%s: dataset '%s' holds %" PRId64 " values, expected %" PRId64,
+                      label, name, info.numel, numel);
+    if (st == AG_OK)
+        st = read_converted(ds, label, name, &info, AG_F32, v, numel);
+    H5Dclose(ds);
+    return st;
 }
 
 bool nn_h5_has_object(hid_t loc, const char *name)

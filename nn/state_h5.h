@@ -52,6 +52,7 @@ void nn_h5_quiet(void);
 ag_status nn_h5_write_tensor(hid_t loc, const char *name, const ag_tensor *t);
 ag_status nn_h5_write_floats(hid_t loc, const char *name, const float *v, int32_t ndim,
                              const int64_t *shape);
+/* Reads a float dataset of any shape holding exactly numel values. */
 ag_status nn_h5_read_floats(hid_t loc, const char *label, const char *name, float *v,
                             int64_t numel);
 ag_status nn_h5_write_attr_str(hid_t loc, const char *name, const char *value);
