@@ -57,6 +57,8 @@ enum ag_tensor_flags {
     AG_F_REQUIRES_GRAD = 1u << 0, /* gradients flow into this tensor */
     AG_F_HEAP = 1u << 1,          /* owned by the caller, freed with ag_tensor_free */
     AG_F_VIEW = 1u << 2,          /* data belongs to another tensor (reshape) */
+    AG_F_RESIZABLE = 1u << 3,     /* a buffer whose shape follows what is loaded into it
+                                     (lazily sized observer statistics, as in PyTorch) */
 };
 
 typedef struct ag_node ag_node;
@@ -113,6 +115,9 @@ ag_tensor *ag_tensor_new_dtype(ag_dtype dtype, int32_t ndim, const int64_t *shap
 /* A parameter: ag_tensor_new(..., true). */
 ag_tensor *ag_param_new(int32_t ndim, const int64_t *shape);
 void ag_tensor_free(ag_tensor *t);   /* heap tensors only; NULL is fine */
+/* Gives a heap tensor a new shape (data reallocated, zero-filled, gradient dropped).
+ * The tensor struct stays the same, so pointers to it remain valid. */
+ag_status ag_tensor_resize(ag_tensor *t, int32_t ndim, const int64_t *shape);
 void ag_tensor_zero_grad(ag_tensor *t);
 
 /* Arena tensor (uninitialised data), valid until ag_ctx_reset. For inputs. */

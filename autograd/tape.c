@@ -215,6 +215,26 @@ void ag_tensor_free(ag_tensor *t)
     free(t);
 }
 
+ag_status ag_tensor_resize(ag_tensor *t, int32_t ndim, const int64_t *shape)
+{
+    AG_ASSERT(t->flags & AG_F_HEAP);
+    if (!shape_valid(ndim, shape, "ag_tensor_resize"))
+        return ag_last_status();
+    int64_t n = ag_shape_numel(ndim, shape);
+    void *data = calloc((size_t)(n ? n : 1), ag_dtype_size(t->dtype));
+    if (!data)
+        return ag_error(AG_ERR_NOMEM, "ag_tensor_resize: out of memory for %" PRId64 " values",
+                        n);
+    ag_dtype dtype = t->dtype;
+    free(t->data);
+    free(t->grad);
+    t->grad = NULL;
+    t->data = data;
+    tensor_set_shape(t, ndim, shape);
+    t->dtype = dtype;
+    return AG_OK;
+}
+
 void ag_tensor_zero_grad(ag_tensor *t)
 {
     if (t && t->grad)

@@ -507,6 +507,9 @@ typedef struct staged {
     ag_tensor *t;
     nn_state_kind kind;
     void *buf;
+    bool resize;                 /* a resizable buffer taking the file's shape */
+    int32_t ndim;
+    int64_t shape[AG_MAX_DIMS];
 } staged;
 
 typedef struct load_ctx {
@@ -530,7 +533,7 @@ static bool collect_key(void *ud, const char *key, ag_tensor *t, nn_state_kind k
         return false;
     }
     memcpy(c->keys + c->keys_len, key, klen);
-    c->items[c->n++] = (staged){c->keys + c->keys_len, t, kind, NULL};
+    c->items[c->n++] = (staged){.key = c->keys + c->keys_len, .t = t, .kind = kind};
     c->keys_len += klen;
     return true;
 }
@@ -566,11 +569,12 @@ static herr_t find_unexpected(hid_t g, const char *name, const H5L_info_t *info,
     return 0;
 }
 
-/* Is any value non-finite? A parameter with NaN/Inf is refused. */
-static bool all_finite(const float *v, int64_t n)
+/* Parameters must be finite; buffers may hold +-inf (an observer that saw nothing has
+ * min_val = +inf) but never NaN. */
+static bool values_ok(const float *v, int64_t n, bool allow_inf)
 {
     for (int64_t i = 0; i < n; i++)
-        if (!isfinite(v[i]))
+        if (isnan(v[i]) || (!allow_inf && isinf(v[i])))
             return false;
     return true;
 }
@@ -584,7 +588,26 @@ static void stage_one(load_ctx *c, staged *s)
         report_add(c->rep.missing, sizeof c->rep.missing, &c->rep.n_missing, s->key);
         return;
     }
-    ag_status st = open_fitting(c->loc, c->label, s->key, s->t, &ds, &info);
+    ag_tensor *target = s->t;
+    ag_tensor reshaped;
+    if (s->t->flags & AG_F_RESIZABLE) {
+        /* Lazily sized statistics (observers' min_val/max_val): take the file's shape. */
+        hid_t probe = H5Dopen2(c->loc, s->key, H5P_DEFAULT);
+        if (probe >= 0 && dataset_info(probe, c->label, s->key, &info) == AG_OK &&
+            info.numel <= ((int64_t)1 << 24)) {
+            reshaped = *s->t;
+            reshaped.ndim = info.ndim;
+            memcpy(reshaped.shape, info.shape, sizeof reshaped.shape);
+            reshaped.numel = info.numel;
+            target = &reshaped;
+            s->resize = true;
+            s->ndim = info.ndim;
+            memcpy(s->shape, info.shape, sizeof s->shape);
+        }
+        if (probe >= 0)
+            H5Dclose(probe);
+    }
+    ag_status st = open_fitting(c->loc, c->label, s->key, target, &ds, &info);
     if (st == AG_ERR_SHAPE) {
         char a[AG_SHAPE_STR_MAX], b[AG_SHAPE_STR_MAX], line[256];
         snprintf(line, sizeof line, "%s: file %s, model %s", s->key,
@@ -596,15 +619,16 @@ static void stage_one(load_ctx *c, staged *s)
         report_add(c->rep.other, sizeof c->rep.other, &c->rep.n_other, ag_last_error());
         return;
     }
-    s->buf = malloc((size_t)(s->t->numel ? s->t->numel : 1) * ag_dtype_size(s->t->dtype));
+    s->buf = malloc((size_t)(target->numel ? target->numel : 1) * ag_dtype_size(target->dtype));
     if (!s->buf)
         st = ag_error(AG_ERR_NOMEM, "%s: out of memory reading '%s'", c->label, s->key);
     else
-        st = read_converted(ds, c->label, s->key, &info, s->t->dtype, s->buf, s->t->numel);
+        st = read_converted(ds, c->label, s->key, &info, target->dtype, s->buf, target->numel);
     H5Dclose(ds);
     if (st == AG_OK && s->t->dtype == AG_F32 && !c->opts->allow_nonfinite &&
-        !all_finite(s->buf, s->t->numel)) {
-        st = ag_error(AG_ERR_NUMERIC, "%s: '%s' holds NaN or Inf values", c->label, s->key);
+        !values_ok(s->buf, target->numel, s->kind == NN_STATE_BUFFER)) {
+        st = ag_error(AG_ERR_NUMERIC, "%s: '%s' holds %s values", c->label, s->key,
+                      s->kind == NN_STATE_BUFFER ? "NaN" : "NaN or Inf");
     }
     if (st == AG_OK && s->t->dtype == AG_F32 && strstr(s->key, "running_var")) {
         const float *v = s->buf;
@@ -668,10 +692,13 @@ ag_status nn_state_load_h5(hid_t loc, const char *label, nn_module *m, const nn_
     if (st != AG_OK)
         goto done;
     /* Everything read and checked: only now touch the model. */
-    for (int32_t i = 0; i < c.n; i++)
-        if (c.items[i].buf)
-            memcpy(c.items[i].t->data, c.items[i].buf,
-                   (size_t)c.items[i].t->numel * ag_dtype_size(c.items[i].t->dtype));
+    for (int32_t i = 0; i < c.n && st == AG_OK; i++) {
+        staged *s = &c.items[i];
+        if (s->buf && s->resize)
+            st = ag_tensor_resize(s->t, s->ndim, s->shape);
+        if (s->buf && st == AG_OK)
+            memcpy(s->t->data, s->buf, (size_t)s->t->numel * ag_dtype_size(s->t->dtype));
+    }
 done:
     for (int32_t i = 0; c.items && i < c.n; i++)
         free(c.items[i].buf);
