@@ -4,7 +4,9 @@
  * name (PyTorch's class name: "Conv2d", "BatchNorm2d", ...) and the forward. Modules
  * own their children, parameters and buffers; nn_module_free() frees the whole tree.
  *
- *     nn_module *m = nn_zoo_new("refcnn", NULL);        // a model from the zoo
+ *     nn_zoo_config cfg;
+ *     nn_zoo_config_default("refcnn", &cfg);
+ *     nn_module *m = nn_zoo_new(&cfg, &rng);            // a model from the zoo (nn/zoo.h)
  *     ag_tensor *logits = nn_forward(m, ctx, x);        // runs hooks too (QAT)
  *     nn_state_foreach(m, visit, ud);                   // "conv1.weight", "bn1.running_mean"...
  *     nn_module_replace(m, "conv1", new_conv);          // swap a child by dotted path
