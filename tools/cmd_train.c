@@ -75,8 +75,10 @@ ag_status cqat_load_data(const char *dir, int64_t limit, data_dataset *train,
 /* Options that steer this invocation only and are not carried into a resumed run. */
 static bool is_transient(const char *arg)
 {
+    /* --threads stays: float sums split over threads round differently, so a resumed
+     * run is bitwise identical only with the thread count it started with. */
     static const char *const transient[] = {"--resume", "--stop-after", "--json",
-                                            "--no-progress", "--threads"};
+                                            "--no-progress"};
     for (size_t i = 0; i < sizeof transient / sizeof transient[0]; i++) {
         size_t n = strlen(transient[i]);
         if (strncmp(arg, transient[i], n) == 0 && (arg[n] == '\0' || arg[n] == '='))

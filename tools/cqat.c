@@ -101,7 +101,6 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
         if (strcmp(argv[1], COMMANDS[i].name) == 0)
             return COMMANDS[i].run(argc - 2, argv + 2);
-    fprintf(stderr, "cqat: unknown command '%s'\n\n", argv[1]);
-    usage(stderr);
+    fprintf(stderr, "cqat: unknown command '%s' (cqat --help lists the commands)\n", argv[1]);
     return 2;
 }

@@ -1,0 +1,147 @@
+#!/usr/bin/python3
+"""End-to-end tests of the `cqat` command line: training, evaluation, exact resume,
+and bad input (clear one-line errors, non-zero exit, nothing left behind).
+
+    /usr/bin/python3 tests/cli/test_cli.py build/tools/cqat
+
+Runs on a small slice of Debian's Fashion-MNIST (--limit) so that it takes seconds.
+Needs Debian's python3-h5py and python3-numpy.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import traceback
+
+import h5py
+import numpy as np
+
+CQAT = os.path.abspath(sys.argv[1])
+TMP = tempfile.mkdtemp(prefix="cqat-cli-")
+SMALL = ["--limit", "256", "--batch-size", "32", "--no-progress", "--threads", "1"]
+
+
+def run(*args, ok=True):
+    p = subprocess.run([CQAT, *args], capture_output=True, text=True, cwd=TMP, timeout=600)
+    if ok and p.returncode != 0:
+        raise AssertionError("cqat %s failed (%d): %s" % (" ".join(args), p.returncode, p.stderr))
+    return p
+
+
+def state(path):
+    with h5py.File(path, "r") as f:
+        return {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset)}
+
+
+def expect_error(args, *needles):
+    before = set(os.listdir(TMP))
+    p = run(*args, ok=False)
+    assert p.returncode != 0, "expected failure: cqat %s" % " ".join(args)
+    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, "expected one error line, got: %r" % p.stderr
+    for n in needles:
+        assert n in lines[0], "%r not in %r" % (n, lines[0])
+    after = set(os.listdir(TMP))
+    assert after == before, "files left behind: %s" % (after - before)
+
+
+def test_train_then_eval_reports_json():
+    p = run("train", "--epochs", "1", "--out", "a.h5", "--json", *SMALL)
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert 0.0 <= summary["accuracy"] <= 1.0 and summary["steps"] == 8, summary
+    e = run("eval", "a.h5", "--limit", "256", "--json")
+    ev = json.loads(e.stdout.strip().splitlines()[-1])
+    assert abs(ev["accuracy"] - summary["accuracy"]) < 1e-9, (ev, summary)
+    with h5py.File(os.path.join(TMP, "a.h5"), "r") as f:
+        assert f.attrs["model_name"] == b"refcnn" or f.attrs["model_name"] == "refcnn"
+        assert "conv1.weight" in f and f["conv1.weight"].shape == (16, 1, 3, 3)
+        assert f["bn1.num_batches_tracked"][()] == 8
+
+
+def test_resume_is_bitwise_exact():
+    run("train", "--epochs", "2", "--out", "full.h5", *SMALL)
+    run("train", "--epochs", "2", "--out", "part.h5", "--stop-after", "5", *SMALL)
+    mid = state(os.path.join(TMP, "part.h5"))
+    run("train", "--resume", "part.h5", "--no-progress")
+    a, b = state(os.path.join(TMP, "full.h5")), state(os.path.join(TMP, "part.h5"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), "resumed run differs at %s" % k
+    assert not np.array_equal(mid["fc2.weight"], b["fc2.weight"])
+
+
+def test_eval_of_plain_state_dict_needs_model():
+    with h5py.File(os.path.join(TMP, "a.h5"), "r") as src, \
+            h5py.File(os.path.join(TMP, "sd.h5"), "w") as dst:
+        for k in src:
+            if isinstance(src[k], h5py.Dataset):
+                dst[k] = src[k][()]
+    expect_error(["eval", "sd.h5"], "--model")
+    run("eval", "--model", "refcnn", "--weights", "sd.h5", "--limit", "64")
+
+
+def test_bad_command_lines_fail_clearly():
+    expect_error(["train", "--bogus"], "unknown option '--bogus'")
+    expect_error(["train", "--batch-size", "0"], "--batch-size")
+    expect_error(["train", "--epochs", "-1"], "--epochs")
+    expect_error(["train", "--lr", "abc"], "--lr", "abc")
+    expect_error(["train", "--lr"], "--lr: missing value")
+    expect_error(["train", "--optimizer", "rmsprop"], "sgd|adam|adamw")
+    expect_error(["train", "--model", "resnet50", *SMALL], "resnet50")
+    expect_error(["eval", "missing.h5"], "missing.h5")
+    expect_error(["frobnicate"], "unknown command")
+
+
+def test_bad_files_fail_clearly():
+    with open(os.path.join(TMP, "text.h5"), "w") as f:
+        f.write("not hdf5 at all\n")
+    expect_error(["eval", "text.h5"], "text.h5", "not an HDF5 file")
+    with open(os.path.join(TMP, "a.h5"), "rb") as f:
+        head = f.read(3000)
+    with open(os.path.join(TMP, "trunc.h5"), "wb") as f:
+        f.write(head)
+    expect_error(["eval", "trunc.h5"], "trunc.h5")
+    expect_error(["train", "--data", "/nonexistent", *SMALL], "/nonexistent",
+                 "dataset-fashion-mnist")
+    expect_error(["train", "--resume", "text.h5"], "text.h5")
+
+
+def test_unwritable_output_leaves_nothing():
+    expect_error(["train", "--epochs", "1", "--out", "/nonexistent/dir/x.h5", *SMALL],
+                 "/nonexistent/dir/x.h5")
+
+
+def test_failed_save_keeps_previous_checkpoint():
+    before = state(os.path.join(TMP, "a.h5"))
+    os.chmod(TMP, 0o500)  # the directory refuses the temporary file
+    try:
+        if os.access(TMP, os.W_OK):  # root ignores permissions: nothing to test then
+            return
+        p = run("train", "--epochs", "1", "--out", "a.h5", *SMALL, ok=False)
+        assert p.returncode != 0
+    finally:
+        os.chmod(TMP, 0o700)
+    after = state(os.path.join(TMP, "a.h5"))
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def main():
+    tests = [(n, f) for n, f in sorted(globals().items(), key=lambda kv: kv[1].__code__.co_firstlineno
+                                       if callable(kv[1]) and hasattr(kv[1], "__code__") else 0)
+             if n.startswith("test_") and callable(f)]
+    passed = failed = 0
+    for name, fn in tests:
+        try:
+            fn()
+            passed += 1
+            print("ok   %s" % name)
+        except Exception:  # noqa: BLE001 - report every failure and go on
+            failed += 1
+            print("FAIL %s\n%s" % (name, traceback.format_exc()))
+    print("%d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
