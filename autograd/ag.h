@@ -34,6 +34,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "autograd/ag_rng.h"
 #include "autograd/ag_status.h"
@@ -93,6 +94,12 @@ int64_t ag_ctx_tape_len(const ag_ctx *ctx);
  * survives ag_ctx_reset; seeded with (0, 0) at creation. Trainers seed it, and save and
  * restore *ag_ctx_rng(ctx) with their checkpoints so that a resumed run is exact. */
 ag_rng *ag_ctx_rng(ag_ctx *ctx);
+
+/* Per-op profile: time per op kind, forward and backward, accumulated over the
+ * context's life. On when CQAT_PROFILE is set (and not "0") at ag_ctx_new, or by call. */
+void ag_ctx_set_profile(ag_ctx *ctx, bool on);
+bool ag_ctx_profile_enabled(const ag_ctx *ctx);
+void ag_ctx_profile_print(const ag_ctx *ctx, FILE *f);
 
 /* Grad mode. no_grad scopes nest; inside one, ops record nothing and their outputs
  * do not require gradients (eval, observers, convert). */

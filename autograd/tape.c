@@ -6,6 +6,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 struct ag_ctx {
     ag_arena arena;
@@ -14,7 +15,21 @@ struct ag_ctx {
     int32_t no_grad_depth;
     bool oom_in_backward; /* a gradient buffer could not be allocated */
     ag_rng rng;
+    /* Per-op profile (CQAT_PROFILE=1 or ag_ctx_set_profile): an op's forward is timed
+     * from its first output allocation to its tape record, its backward around the
+     * call. Off by default: then it costs one branch per op. */
+    bool profile;
+    double prof_start;
+    double prof_fwd[AG_OP_COUNT], prof_bwd[AG_OP_COUNT];
+    int64_t prof_calls[AG_OP_COUNT];
 };
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 /* ---- context ---- */
 
@@ -27,6 +42,8 @@ ag_ctx *ag_ctx_new(void)
     }
     ag_arena_init(&ctx->arena);
     ag_rng_seed(&ctx->rng, 0, 0);
+    const char *prof = getenv("CQAT_PROFILE");
+    ctx->profile = prof && *prof && strcmp(prof, "0") != 0;
     return ctx;
 }
 
@@ -51,6 +68,28 @@ size_t ag_ctx_arena_used(const ag_ctx *ctx) { return ctx->arena.used; }
 int64_t ag_ctx_tape_len(const ag_ctx *ctx) { return ctx->n_tape; }
 
 ag_rng *ag_ctx_rng(ag_ctx *ctx) { return &ctx->rng; }
+
+void ag_ctx_set_profile(ag_ctx *ctx, bool on) { ctx->profile = on; }
+
+bool ag_ctx_profile_enabled(const ag_ctx *ctx) { return ctx->profile; }
+
+void ag_ctx_profile_print(const ag_ctx *ctx, FILE *f)
+{
+    double total = 0.0;
+    for (int i = 0; i < AG_OP_COUNT; i++)
+        total += ctx->prof_fwd[i] + ctx->prof_bwd[i];
+    fprintf(f, "%-22s %10s %12s %12s %7s\n", "op", "calls", "forward ms", "backward ms",
+            "share");
+    for (int i = 0; i < AG_OP_COUNT; i++) {
+        if (!ctx->prof_calls[i] && ctx->prof_bwd[i] == 0.0)
+            continue;
+        double t = ctx->prof_fwd[i] + ctx->prof_bwd[i];
+        fprintf(f, "%-22s %10" PRId64 " %12.1f %12.1f %6.1f%%\n", ag_op_names[i],
+                ctx->prof_calls[i], 1e3 * ctx->prof_fwd[i], 1e3 * ctx->prof_bwd[i],
+                total > 0 ? 100.0 * t / total : 0.0);
+    }
+    fprintf(f, "%-22s %10s %12s %12.1f\n", "total (ops)", "", "", 1e3 * total);
+}
 
 void ag_no_grad_begin(ag_ctx *ctx) { ctx->no_grad_depth++; }
 
@@ -245,6 +284,8 @@ void ag_tensor_zero_grad(ag_tensor *t)
 
 ag_tensor *ag_op_output(ag_ctx *ctx, int32_t ndim, const int64_t *shape)
 {
+    if (ctx->profile && ctx->prof_start == 0.0)
+        ctx->prof_start = now_seconds();
     if (!shape_valid(ndim, shape, "tensor"))
         return NULL;
     ag_tensor *t = ag_ctx_alloc(ctx, sizeof *t);
@@ -302,6 +343,12 @@ ag_node *ag_op_record(ag_ctx *ctx, ag_op op, ag_tensor *out, ag_tensor *const *s
                       int32_t n_src)
 {
     AG_ASSERT(n_src <= AG_MAX_SRC && op < AG_OP_COUNT);
+    if (ctx->profile) {
+        if (ctx->prof_start != 0.0)
+            ctx->prof_fwd[op] += now_seconds() - ctx->prof_start;
+        ctx->prof_start = 0.0;
+        ctx->prof_calls[op]++;
+    }
     if (!ag_op_needs_record(ctx, src, n_src))
         return NULL;
     ag_node *n = ag_ctx_alloc(ctx, sizeof *n);
@@ -394,7 +441,10 @@ ag_status ag_backward_seeded(ag_ctx *ctx, ag_tensor *y, const float *seed)
         ag_node *n = ctx->tape[i];
         if (!n->out->grad)
             continue; /* nothing flowed into this node: it does not reach the output */
+        double t0 = ctx->profile ? now_seconds() : 0.0;
         ag_op_backward[n->op](ctx, n);
+        if (ctx->profile)
+            ctx->prof_bwd[n->op] += now_seconds() - t0;
     }
     if (ctx->oom_in_backward)
         return ag_error(AG_ERR_NOMEM, "backward: out of memory for gradient buffers");

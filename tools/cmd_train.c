@@ -15,7 +15,7 @@ typedef struct train_opts {
     int64_t epochs, batch_size, warmup_steps, step_size, seed, threads, limit, save_every,
         stop_after;
     double lr, momentum, weight_decay, gamma, label_smoothing;
-    bool json, no_progress;
+    bool json, no_progress, profile;
 } train_opts;
 
 static train_opts train_defaults(void)
@@ -49,6 +49,7 @@ static train_opts train_defaults(void)
     {"--save-every", CLI_INT, &(o).save_every, "also save every N steps", 0, 1e15, NULL, NULL}, \
     {"--stop-after", CLI_INT, &(o).stop_after, "stop after N steps in all (saved; resumable)", 0, 1e15, NULL, NULL}, \
     {"--no-progress", CLI_FLAG, &(o).no_progress, "no progress bar", 0, 0, NULL, NULL},         \
+    {"--profile", CLI_FLAG, &(o).profile, "print time per op kind (as CQAT_PROFILE=1)", 0, 0, NULL, NULL}, \
     {"--json", CLI_FLAG, &(o).json, "print a JSON summary as the last line", 0, 0, NULL, NULL}
 
 /* ---- shared helpers (also used by the qat and eval commands) ---- */
@@ -78,7 +79,7 @@ static bool is_transient(const char *arg)
     /* --threads stays: float sums split over threads round differently, so a resumed
      * run is bitwise identical only with the thread count it started with. */
     static const char *const transient[] = {"--resume", "--stop-after", "--json",
-                                            "--no-progress"};
+                                            "--no-progress", "--profile"};
     for (size_t i = 0; i < sizeof transient / sizeof transient[0]; i++) {
         size_t n = strlen(transient[i]);
         if (strncmp(arg, transient[i], n) == 0 && (arg[n] == '\0' || arg[n] == '='))
@@ -96,7 +97,8 @@ static void join_args(int argc, char **argv, char *buf, size_t size)
     for (int i = 0; i < argc && off < size; i++) {
         if (is_transient(argv[i])) {
             bool has_value = !strchr(argv[i], '=') && strcmp(argv[i], "--json") != 0 &&
-                             strcmp(argv[i], "--no-progress") != 0;
+                             strcmp(argv[i], "--no-progress") != 0 &&
+                             strcmp(argv[i], "--profile") != 0;
             i += has_value;
             continue;
         }
@@ -169,6 +171,8 @@ static ag_status train_run(train_opts *o, const char *args_text, const cqat_ckpt
     nn_param_list pl = {0};
     cqat_ckpt_meta meta = {0};
     ag_set_num_threads((int)o->threads);
+    if (o->profile)
+        setenv("CQAT_PROFILE", "1", 1); /* read by ag_ctx_new in the training loop */
     ag_status st = cqat_load_data(o->data, o->limit, &train, &test);
     if (st != AG_OK)
         goto done;

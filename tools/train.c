@@ -245,6 +245,10 @@ ag_status cqat_fit(cqat_fit_args *a, cqat_fit_result *res)
         if (a->stop_after_steps && step >= a->stop_after_steps)
             break;
     }
+    if (ag_ctx_profile_enabled(ctx)) {
+        fprintf(stderr, "profile of the training steps (CQAT_PROFILE):\n");
+        ag_ctx_profile_print(ctx, stderr);
+    }
     res->steps = step;
     res->samples_per_s = train_time > 0 ? (double)samples / train_time : 0.0;
 done:
