@@ -1,4 +1,6 @@
-/* cmd_train.c — `cqat train` and `cqat eval` (float models). */
+/* cmd_train.c — `cqat train` (float), `cqat qat` (quantization-aware fine-tuning) and
+ * `cqat eval`. Both training commands share one option table and one run: qat adds
+ * fusion, prepare_qat and the BN / observer freezing schedule on top. */
 #include "tools/commands.h"
 
 #include <inttypes.h>
@@ -8,6 +10,7 @@
 
 #include "nn/state_h5.h"
 #include "tools/args.h"
+#include "tools/qat_model.h"
 #include "tools/train.h"
 
 typedef struct train_opts {
@@ -16,14 +19,31 @@ typedef struct train_opts {
         stop_after;
     double lr, momentum, weight_decay, gamma, label_smoothing;
     bool json, no_progress, profile;
+    /* qat only */
+    bool qat, learnable;
+    const char *qconfig;
+    int64_t bits_weight, bits_activation, freeze_bn_after, freeze_observers_after;
 } train_opts;
 
-static train_opts train_defaults(void)
+static train_opts train_defaults(bool qat)
 {
-    /* BENCHMARK.md's float recipe. */
-    return (train_opts){.model = "refcnn", .optimizer = "sgd", .schedule = "cosine",
-                        .epochs = 6, .batch_size = 64, .step_size = 1000, .gamma = 0.1,
-                        .lr = 0.05, .momentum = 0.9, .weight_decay = 5e-4};
+    /* BENCHMARK.md's float recipe, and its QAT fine-tune: 2 epochs at lr 0.001 with the
+     * default fbgemm QAT qconfig; BN statistics and observers frozen for the last epoch,
+     * so that the scales the model ends with are the ones it was tuned under. */
+    train_opts o = {.model = "refcnn", .optimizer = "sgd", .schedule = "cosine",
+                    .epochs = 6, .batch_size = 64, .step_size = 1000, .gamma = 0.1,
+                    .lr = 0.05, .momentum = 0.9, .weight_decay = 5e-4};
+    if (qat) {
+        o.qat = true;
+        o.model = NULL; /* taken from --init when it is a checkpoint */
+        o.epochs = 2;
+        o.lr = 0.001;
+        o.qconfig = "fbgemm";
+        o.bits_weight = o.bits_activation = 8;
+        o.freeze_bn_after = 1;
+        o.freeze_observers_after = 1;
+    }
+    return o;
 }
 
 #define TRAIN_OPTIONS(o)                                                                         \
@@ -51,6 +71,14 @@ static train_opts train_defaults(void)
     {"--no-progress", CLI_FLAG, &(o).no_progress, "no progress bar", 0, 0, NULL, NULL},         \
     {"--profile", CLI_FLAG, &(o).profile, "print time per op kind (as CQAT_PROFILE=1)", 0, 0, NULL, NULL}, \
     {"--json", CLI_FLAG, &(o).json, "print a JSON summary as the last line", 0, 0, NULL, NULL}
+
+#define QAT_OPTIONS(o)                                                                           \
+    {"--qconfig", CLI_STR, &(o).qconfig, "fbgemm (default), qnnpack, per-tensor, per-channel, or a qconfig name", 0, 0, NULL, "NAME"}, \
+    {"--freeze-bn-after-epoch", CLI_INT, &(o).freeze_bn_after, "freeze BN statistics from this epoch (0-based; default 1; -1 never)", -1, 1e9, NULL, "K"}, \
+    {"--freeze-observers-after-epoch", CLI_INT, &(o).freeze_observers_after, "freeze scales from this epoch (default 1; -1 never)", -1, 1e9, NULL, "K"}, \
+    {"--bits-weight", CLI_INT, &(o).bits_weight, "weight bits (2..8, default 8)", 2, 8, NULL, "B"}, \
+    {"--bits-activation", CLI_INT, &(o).bits_activation, "activation bits (2..8, default 8)", 2, 8, NULL, "B"}, \
+    {"--learnable-scales", CLI_FLAG, &(o).learnable, "learn scales and zero points (LSQ)", 0, 0, NULL, NULL}
 
 /* ---- shared helpers (also used by the qat and eval commands) ---- */
 
@@ -161,39 +189,101 @@ void cqat_print_json_eval(const char *kind, const cqat_eval_result *r, double ex
     printf("}\n");
 }
 
-/* ---- cqat train ---- */
+/* ---- cqat train / cqat qat ---- */
+
+typedef struct qat_hook_state {
+    cqat_qat_spec spec;
+} qat_hook_state;
+
+static ag_status qat_epoch_begin(void *ud, nn_module *m, int64_t epoch)
+{
+    cqat_qat_apply_schedule(m, &((qat_hook_state *)ud)->spec, epoch);
+    return AG_OK;
+}
+
+static void qat_eval_begin(void *ud, nn_module *m)
+{
+    (void)ud;
+    qat_enable_observer_all(m, false);
+}
+
+/* The model of a new run: float from the zoo (+ --init), or fused and prepared for QAT. */
+static ag_status build_model(const train_opts *o, cqat_ckpt_meta *meta, const char *init,
+                             const qat_hook_state *qs, nn_module **m, qat_qconfig_map **map)
+{
+    if (o->qat)
+        return cqat_qat_build(&meta->model, &qs->spec, init, m, map);
+    ag_rng init_rng;
+    ag_rng_seed(&init_rng, (uint64_t)o->seed, 1);
+    if (!(*m = nn_zoo_new(&meta->model, &init_rng)))
+        return ag_last_status();
+    return init ? nn_state_load_file(init, *m, NULL) : AG_OK;
+}
+
+/* For qat: the model named by the --init checkpoint, else --model. */
+static ag_status model_config(const train_opts *o, const data_dataset *train, nn_zoo_config *cfg)
+{
+    const char *name = o->model;
+    cqat_ckpt_meta init_meta;
+    bool is_ckpt = false;
+    if (o->init && cqat_ckpt_probe(o->init, &is_ckpt) == AG_OK && is_ckpt &&
+        cqat_ckpt_read_meta(o->init, &init_meta) == AG_OK) {
+        if (name && strcmp(name, init_meta.model.name) != 0)
+            return ag_error(AG_ERR_ARG, "--model %s, but %s holds a %s", name, o->init,
+                            init_meta.model.name);
+        *cfg = init_meta.model;
+        return AG_OK;
+    }
+    if (!name && o->qat)
+        return ag_error(AG_ERR_ARG, "say which model with --model (--init %s is a plain "
+                                    "state_dict)", o->init ? o->init : "");
+    ag_status st = nn_zoo_config_default(name ? name : "refcnn", cfg);
+    cfg->in_channels = train->c;
+    cfg->in_h = train->h;
+    cfg->in_w = train->w;
+    cfg->num_classes = train->n_classes;
+    return st;
+}
 
 static ag_status train_run(train_opts *o, const char *args_text, const cqat_ckpt_meta *resumed)
 {
+    const char *cmd = o->qat ? "qat" : "train";
     data_dataset train = {0}, test = {0};
     nn_module *m = NULL;
+    qat_qconfig_map *map = NULL;
     optim_optimizer *opt = NULL;
     nn_param_list pl = {0};
     cqat_ckpt_meta meta = {0};
+    qat_hook_state qs = {0};
     ag_set_num_threads((int)o->threads);
     if (o->profile)
         setenv("CQAT_PROFILE", "1", 1); /* read by ag_ctx_new in the training loop */
     ag_status st = cqat_load_data(o->data, o->limit, &train, &test);
+    if (st == AG_OK && o->qat && !o->init && !resumed)
+        st = ag_error(AG_ERR_ARG, "QAT fine-tunes float weights: give them with --init FLOAT.h5");
     if (st != AG_OK)
         goto done;
     if (resumed) {
         meta = *resumed;
+        if (o->qat)
+            st = cqat_qat_spec_parse(meta.extra, &qs.spec);
     } else {
-        st = nn_zoo_config_default(o->model, &meta.model);
-        meta.model.in_channels = train.c;
-        meta.model.in_h = train.h;
-        meta.model.in_w = train.w;
-        meta.model.num_classes = train.n_classes;
-        snprintf(meta.kind, sizeof meta.kind, "float");
+        st = model_config(o, &train, &meta.model);
+        snprintf(meta.kind, sizeof meta.kind, "%s", o->qat ? "qat" : "float");
         ag_rng_seed(&meta.rng, (uint64_t)o->seed, 3); /* dropout stream */
+        if (st == AG_OK && o->qat) {
+            st = cqat_qat_resolve_qconfig(o->qconfig, qs.spec.qconfig, sizeof qs.spec.qconfig);
+            qs.spec.bits_weight = (int32_t)o->bits_weight;
+            qs.spec.bits_activation = (int32_t)o->bits_activation;
+            qs.spec.learnable = o->learnable;
+            qs.spec.freeze_bn_after = o->freeze_bn_after;
+            qs.spec.freeze_observers_after = o->freeze_observers_after;
+            cqat_qat_spec_format(&qs.spec, meta.extra, sizeof meta.extra);
+        }
     }
     snprintf(meta.train_args, sizeof meta.train_args, "%s", args_text);
-    ag_rng init_rng;
-    ag_rng_seed(&init_rng, (uint64_t)o->seed, 1);
-    if (st == AG_OK && !(m = nn_zoo_new(&meta.model, &init_rng)))
-        st = ag_last_status();
-    if (st == AG_OK && o->init && !resumed)
-        st = nn_state_load_file(o->init, m, NULL);
+    if (st == AG_OK)
+        st = build_model(o, &meta, resumed ? NULL : o->init, &qs, &m, &map);
     if (st == AG_OK)
         st = nn_param_list_get(m, &pl);
     if (st == AG_OK)
@@ -204,7 +294,7 @@ static ag_status train_run(train_opts *o, const char *args_text, const cqat_ckpt
         goto done;
 
     char out_default[128];
-    snprintf(out_default, sizeof out_default, "%s-float.h5", meta.model.name);
+    snprintf(out_default, sizeof out_default, "%s-%s.h5", meta.model.name, meta.kind);
     data_loader probe;
     st = data_loader_init(&probe, &train, (int32_t)o->batch_size, false, false, 0, NULL);
     if (st != AG_OK)
@@ -218,120 +308,182 @@ static ag_status train_run(train_opts *o, const char *args_text, const cqat_ckpt
         .label_smoothing = (float)o->label_smoothing, .save_every = o->save_every,
         .stop_after_steps = o->stop_after, .out = o->out ? o->out : out_default,
         .meta = &meta, .progress = !o->no_progress && isatty(STDERR_FILENO), .log = stdout};
+    if (o->qat)
+        fa.hooks = (cqat_fit_hooks){.epoch_begin = qat_epoch_begin, .eval_begin = qat_eval_begin,
+                                    .ud = &qs};
     st = optim_schedule_check(&fa.schedule);
     if (st != AG_OK)
         goto done;
-    printf("train: %s (%" PRId64 " parameters) on %s, %" PRId64 " train / %" PRId64
+    printf("%s: %s (%" PRId64 " parameters) on %s, %" PRId64 " train / %" PRId64
            " test images, %" PRId64 " epochs of %" PRId64 " steps, batch %" PRId64
            ", %s lr %g %s, %d threads%s\n",
-           meta.model.name, nn_param_count(m), train.source, train.n, test.n, o->epochs, nb,
-           o->batch_size, o->optimizer, o->lr, o->schedule, ag_num_threads(),
+           cmd, meta.model.name, nn_param_count(m), train.source, train.n, test.n, o->epochs,
+           nb, o->batch_size, o->optimizer, o->lr, o->schedule, ag_num_threads(),
            resumed ? ", resumed" : "");
+    if (o->qat)
+        printf("qat: %s\n", meta.extra);
     if (resumed)
-        printf("train: resuming at epoch %" PRId64 ", step %" PRId64 "\n",
+        printf("%s: resuming at epoch %" PRId64 ", step %" PRId64 "\n", cmd,
                meta.step / nb + 1, meta.step);
     cqat_fit_result res;
     st = cqat_fit(&fa, &res);
     if (st != AG_OK)
         goto done;
     if (res.steps < nb * o->epochs) {
-        printf("train: stopped after %" PRId64 " steps as asked, saved %s (continue with "
-               "--resume %s)\n", res.steps, fa.out, fa.out);
+        printf("%s: stopped after %" PRId64 " steps as asked, saved %s (continue with "
+               "--resume %s)\n", cmd, res.steps, fa.out, fa.out);
         goto done;
     }
-    printf("train: done, %" PRId64 " steps, test accuracy %.2f%%, saved %s\n", res.steps,
-           100.0 * res.test.accuracy, fa.out);
+    printf("%s: done, %" PRId64 " steps, test accuracy %.2f%%%s, saved %s\n", cmd, res.steps,
+           100.0 * res.test.accuracy, o->qat ? " with fake quant" : "", fa.out);
     if (o->json)
-        printf("{\"accuracy\": %.6f, \"loss\": %.6f, \"train_loss\": %.6f, \"samples_per_s\": "
-               "%.1f, \"steps\": %" PRId64 ", \"checkpoint\": \"%s\"}\n",
-               res.test.accuracy, res.test.loss, res.train_loss, res.samples_per_s, res.steps,
-               fa.out);
+        printf("{\"kind\": \"%s\", \"accuracy\": %.6f, \"loss\": %.6f, \"train_loss\": %.6f, "
+               "\"samples_per_s\": %.1f, \"steps\": %" PRId64 ", \"checkpoint\": \"%s\"}\n",
+               meta.kind, res.test.accuracy, res.test.loss, res.train_loss, res.samples_per_s,
+               res.steps, fa.out);
 done:
     optim_free(opt);
     nn_param_list_deinit(&pl);
     nn_module_free(m);
+    qat_qconfig_map_free(map);
     data_dataset_deinit(&train);
     data_dataset_deinit(&test);
     return st;
 }
 
-int cqat_cmd_train(int argc, char **argv)
+static int train_command(int argc, char **argv, bool qat)
 {
-    train_opts o = train_defaults();
-    cli_opt opts[] = {TRAIN_OPTIONS(o)};
-    int n_opts = (int)(sizeof opts / sizeof opts[0]);
+    const char *cmd = qat ? "qat" : "train";
+    train_opts o = train_defaults(qat);
+    cli_opt opts[] = {TRAIN_OPTIONS(o), QAT_OPTIONS(o)};
+    int n_opts = (int)(sizeof opts / sizeof opts[0]) - (qat ? 0 : 6);
     cli_parsed p;
     if (cli_args_parse(argc, argv, opts, n_opts, &p) != AG_OK)
-        return cqat_fail("train");
+        return cqat_fail(cmd);
     if (p.help) {
-        cli_args_help("cqat train [options]",
-                      "Train a float model from the zoo on Fashion-MNIST (BENCHMARK.md's recipe "
-                      "by default)\nand save an HDF5 checkpoint after every epoch.",
-                      opts, n_opts);
+        if (qat)
+            cli_args_help("cqat qat --init FLOAT.h5 [options]",
+                          "Quantization-aware fine-tuning: fuse conv-bn(-relu) and linear-relu, "
+                          "prepare_qat with the\nqconfig, train with fake quant (BENCHMARK.md's "
+                          "QAT recipe by default), save a QAT checkpoint\nwith PyTorch's "
+                          "prepared state_dict keys.",
+                          opts, n_opts);
+        else
+            cli_args_help("cqat train [options]",
+                          "Train a float model from the zoo on Fashion-MNIST (BENCHMARK.md's "
+                          "recipe by default)\nand save an HDF5 checkpoint after every epoch.",
+                          opts, n_opts);
         return 0;
     }
     if (p.n_positional)
-        return cqat_fail_msg("train", "unexpected argument '%s'", p.positional[0]);
+        return cqat_fail_msg(cmd, "unexpected argument '%s'", p.positional[0]);
     char args_text[2048];
     join_args(argc, argv, args_text, sizeof args_text);
     if (!o.resume)
-        return train_run(&o, args_text, NULL) == AG_OK ? 0 : cqat_fail("train");
+        return train_run(&o, args_text, NULL) == AG_OK ? 0 : cqat_fail(cmd);
 
     /* Resume: the saved command line first, then what this command line changes. */
     cqat_ckpt_meta meta;
     if (cqat_ckpt_read_meta(o.resume, &meta) != AG_OK)
-        return cqat_fail("train");
-    if (strcmp(meta.kind, "float") != 0)
-        return cqat_fail_msg("train", "%s is a %s checkpoint (use cqat %s --resume)", o.resume,
-                             meta.kind, meta.kind);
+        return cqat_fail(cmd);
+    if (strcmp(meta.kind, qat ? "qat" : "float") != 0)
+        return cqat_fail_msg(cmd, "%s is a %s checkpoint (use cqat %s --resume)", o.resume,
+                             meta.kind, strcmp(meta.kind, "qat") == 0 ? "qat" : "train");
     char saved[2048];
     snprintf(saved, sizeof saved, "%s", meta.train_args);
     char *sargv[256];
     int sargc = split_args(saved, sargv, 256);
-    train_opts r = train_defaults();
-    cli_opt ropts[] = {TRAIN_OPTIONS(r)};
+    train_opts r = train_defaults(qat);
+    cli_opt ropts[] = {TRAIN_OPTIONS(r), QAT_OPTIONS(r)};
     if (cli_args_parse(sargc, sargv, ropts, n_opts, &p) != AG_OK ||
         cli_args_parse(argc, argv, ropts, n_opts, &p) != AG_OK)
-        return cqat_fail("train");
-    return train_run(&r, args_text, &meta) == AG_OK ? 0 : cqat_fail("train");
+        return cqat_fail(cmd);
+    return train_run(&r, args_text, &meta) == AG_OK ? 0 : cqat_fail(cmd);
 }
 
-/* ---- cqat eval (float checkpoints and state_dicts) ---- */
+int cqat_cmd_train(int argc, char **argv) { return train_command(argc, argv, false); }
 
-int cqat_cmd_eval_float(const char *path, const char *model_name, const char *data,
-                        int64_t limit, bool json)
+int cqat_cmd_qat(int argc, char **argv) { return train_command(argc, argv, true); }
+
+/* ---- cqat eval (float and QAT checkpoints, plain state_dicts) ---- */
+
+/* Builds the model a file describes: a cqat checkpoint names its model (and, for QAT,
+ * its qconfig); a plain state_dict needs --model, and --qat for a QAT-prepared one. */
+ag_status cqat_model_for_file(const char *path, const char *model_name, bool qat_state,
+                              const char *qconfig, nn_module **m, qat_qconfig_map **map,
+                              cqat_ckpt_meta *meta)
 {
-    cqat_ckpt_meta meta = {0};
     bool is_ckpt = false;
-    data_dataset test = {0};
-    nn_module *m = NULL;
+    cqat_qat_spec spec;
+    *m = NULL;
+    *map = NULL;
+    memset(meta, 0, sizeof *meta);
     ag_status st = cqat_ckpt_probe(path, &is_ckpt);
-    if (st == AG_OK && is_ckpt)
-        st = cqat_ckpt_read_meta(path, &meta);
-    if (st == AG_OK && !is_ckpt) {
+    if (st == AG_OK && is_ckpt) {
+        st = cqat_ckpt_read_meta(path, meta);
+        qat_state = strcmp(meta->kind, "qat") == 0;
+        if (st == AG_OK && qat_state)
+            st = cqat_qat_spec_parse(meta->extra, &spec);
+    } else if (st == AG_OK) {
         if (!model_name)
-            return cqat_fail_msg("eval", "%s is a plain state_dict: say which model with --model",
-                                 path);
-        st = nn_zoo_config_default(model_name, &meta.model);
+            return ag_error(AG_ERR_ARG, "%s is a plain state_dict: say which model with --model",
+                            path);
+        st = nn_zoo_config_default(model_name, &meta->model);
+        snprintf(meta->kind, sizeof meta->kind, "%s", qat_state ? "qat" : "float");
+        if (st == AG_OK && qat_state)
+            st = cqat_qat_spec_from_state(path, &spec);
+    }
+    if (st == AG_OK && qat_state && qconfig)
+        st = cqat_qat_resolve_qconfig(qconfig, spec.qconfig, sizeof spec.qconfig);
+    if (st != AG_OK)
+        return st;
+    if (qat_state) {
+        st = cqat_qat_build(&meta->model, &spec, NULL, m, map);
+    } else {
+        ag_rng rng;
+        ag_rng_seed(&rng, 0, 1);
+        if (!(*m = nn_zoo_new(&meta->model, &rng)))
+            st = ag_last_status();
     }
     if (st == AG_OK)
-        st = cqat_load_data(data, limit, NULL, &test);
-    ag_rng rng;
-    ag_rng_seed(&rng, 0, 1);
-    if (st == AG_OK && !(m = nn_zoo_new(&meta.model, &rng)))
-        st = ag_last_status();
+        st = nn_state_load_file(path, *m, NULL);
+    if (st == AG_OK && qat_state) {
+        /* Evaluation and convert see the model as trained: scales fixed, BN statistics
+         * frozen (eval mode uses the running statistics). */
+        qat_enable_observer_all(*m, false);
+        qat_freeze_bn_stats(*m);
+    }
+    if (st != AG_OK) {
+        nn_module_free(*m);
+        qat_qconfig_map_free(*map);
+        *m = NULL;
+        *map = NULL;
+    }
+    return st;
+}
+
+int cqat_cmd_eval_file(const char *path, const char *model_name, bool qat_state,
+                       const char *qconfig, const char *data, int64_t limit, bool json)
+{
+    data_dataset test = {0};
+    nn_module *m = NULL;
+    qat_qconfig_map *map = NULL;
+    cqat_ckpt_meta meta;
+    ag_status st = cqat_model_for_file(path, model_name, qat_state, qconfig, &m, &map, &meta);
     if (st == AG_OK)
-        st = nn_state_load_file(path, m, NULL);
+        st = cqat_load_data(data, limit, NULL, &test);
     cqat_eval_result r;
     if (st == AG_OK)
         st = cqat_evaluate(m, &test, 256, &r);
     if (st == AG_OK) {
-        printf("eval: %s (%s) on %" PRId64 " test images: accuracy %.2f%%, loss %.4f\n", path,
-               meta.model.name, r.n, 100.0 * r.accuracy, r.loss);
+        bool qat = strcmp(meta.kind, "qat") == 0;
+        printf("eval: %s (%s%s) on %" PRId64 " test images: accuracy %.2f%%, loss %.4f\n", path,
+               meta.model.name, qat ? ", fake quant" : "", r.n, 100.0 * r.accuracy, r.loss);
         if (json)
-            cqat_print_json_eval("float", &r, 0);
+            cqat_print_json_eval(meta.kind, &r, 0);
     }
     nn_module_free(m);
+    qat_qconfig_map_free(map);
     data_dataset_deinit(&test);
     return st == AG_OK ? 0 : cqat_fail("eval");
 }

@@ -8,10 +8,23 @@
 #include "data/data.h"
 #include "tools/train.h"
 
+#include "qat/qconfig.h"
+#include "tools/checkpoint.h"
+
 int cqat_cmd_train(int argc, char **argv);
+int cqat_cmd_qat(int argc, char **argv);
 int cqat_cmd_eval(int argc, char **argv);
-int cqat_cmd_eval_float(const char *path, const char *model_name, const char *data,
-                        int64_t limit, bool json);
+int cqat_cmd_eval_file(const char *path, const char *model_name, bool qat_state,
+                       const char *qconfig, const char *data, int64_t limit, bool json);
+
+/* The model a checkpoint or state_dict file describes, with its state loaded: a cqat
+ * checkpoint names its model and kind; a plain state_dict needs model_name, and
+ * qat_state for a QAT-prepared one (its qconfig guessed from the file unless given).
+ * QAT models come back with observers off and BN statistics frozen. *map (may be NULL
+ * for float) must be freed after *m. */
+ag_status cqat_model_for_file(const char *path, const char *model_name, bool qat_state,
+                              const char *qconfig, nn_module **m, qat_qconfig_map **map,
+                              cqat_ckpt_meta *meta);
 
 /* Prints "cqat CMD: <last error>" to stderr and returns the exit status 1. */
 int cqat_fail(const char *cmd);

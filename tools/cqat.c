@@ -28,12 +28,14 @@ int cqat_fail_msg(const char *cmd, const char *fmt, ...)
 
 int cqat_cmd_eval(int argc, char **argv)
 {
-    const char *model = NULL, *weights = NULL, *data = NULL;
+    const char *model = NULL, *weights = NULL, *data = NULL, *qconfig = NULL;
     int64_t limit = 0, threads = 0;
-    bool json = false;
+    bool json = false, qat = false;
     cli_opt opts[] = {
         {"--model", CLI_STR, &model, "model name, for a plain state_dict", 0, 0, NULL, "NAME"},
         {"--weights", CLI_STR, &weights, "a plain state_dict file (with --model)", 0, 0, NULL, "FILE"},
+        {"--qat", CLI_FLAG, &qat, "the state_dict is QAT-prepared (e.g. from PyTorch)", 0, 0, NULL, NULL},
+        {"--qconfig", CLI_STR, &qconfig, "with --qat: the qconfig (default: guessed from the file)", 0, 0, NULL, "NAME"},
         {"--data", CLI_STR, &data, "data folder (default: Debian's Fashion-MNIST)", 0, 0, NULL, "DIR"},
         {"--limit", CLI_INT, &limit, "use only the first N test images", 0, 1e12, NULL, NULL},
         {"--threads", CLI_INT, &threads, "threads", 0, 1024, NULL, NULL},
@@ -44,8 +46,9 @@ int cqat_cmd_eval(int argc, char **argv)
     if (cli_args_parse(argc, argv, opts, n_opts, &p) != AG_OK)
         return cqat_fail("eval");
     if (p.help) {
-        cli_args_help("cqat eval CHECKPOINT.h5 | cqat eval --model NAME --weights STATE_DICT.h5",
-                      "Test-set accuracy and loss of a checkpoint or a PyTorch state_dict.",
+        cli_args_help("cqat eval CHECKPOINT.h5 | cqat eval --model NAME [--qat] --weights STATE_DICT.h5",
+                      "Test-set accuracy and loss of a float or QAT checkpoint, or of a PyTorch\n"
+                      "state_dict (QAT models are evaluated with fake quant on, observers off).",
                       opts, n_opts);
         return 0;
     }
@@ -55,7 +58,7 @@ int cqat_cmd_eval(int argc, char **argv)
     if (!path)
         return cqat_fail_msg("eval", "no file to evaluate (see --help)");
     ag_set_num_threads((int)threads);
-    return cqat_cmd_eval_float(path, model, data, limit, json);
+    return cqat_cmd_eval_file(path, model, qat, qconfig, data, limit, json);
 }
 
 typedef struct command {
@@ -66,6 +69,7 @@ typedef struct command {
 
 static const command COMMANDS[] = {
     {"train", cqat_cmd_train, "train a float model (checkpoints in HDF5)"},
+    {"qat", cqat_cmd_qat, "quantization-aware fine-tuning of float weights"},
     {"eval", cqat_cmd_eval, "test-set accuracy of a checkpoint or state_dict"},
 };
 

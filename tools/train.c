@@ -233,6 +233,8 @@ ag_status cqat_fit(cqat_fit_args *a, cqat_fit_result *res)
         res->train_loss = seen ? loss_sum / (double)seen : 0.0;
         double train_s = now_s() - t_epoch;
         train_time += train_s;
+        if (a->hooks.eval_begin)
+            a->hooks.eval_begin(a->hooks.ud, a->model);
         st = cqat_evaluate(a->model, a->test, 256, &res->test);
         if (st == AG_OK && a->log)
             fprintf(a->log,

@@ -33,6 +33,10 @@ typedef struct cqat_fit_hooks {
     /* Called before each epoch (after the model is set to training mode): QAT
      * switches observers and BN statistics off here. May be NULL. */
     ag_status (*epoch_begin)(void *ud, nn_module *m, int64_t epoch);
+    /* Called before each end-of-epoch evaluation: QAT turns its observers off so that
+     * the test set does not move the scales (PyTorch's FakeQuantize would observe in
+     * eval mode too). The next epoch_begin sets them again. May be NULL. */
+    void (*eval_begin)(void *ud, nn_module *m);
     void *ud;
 } cqat_fit_hooks;
 
