@@ -72,7 +72,9 @@ typedef struct qat_observer_cfg {
 } qat_observer_cfg;
 
 /* The PyTorch defaults of an observer kind (dtype quint8, per-tensor affine, eps 2^-23,
- * averaging 0.01, bins 2048; per-channel kinds: qint8 per_channel_affine, ch_axis 0). */
+ * averaging 0.01, bins 2048; per-channel kinds: per_channel_affine, ch_axis 0, dtype
+ * still quint8 as in PyTorch 1.13 -- weight observers ask for qint8 themselves;
+ * FIXED_QPARAMS: scale 1/256, zero point 0, range 0..255). */
 qat_observer_cfg qat_observer_cfg_default(qat_observer_kind kind);
 /* The effective [quant_min, quant_max] of a configuration (PyTorch's
  * calculate_qmin_qmax, reduce_range included). AG_ERR_ARG for invalid combinations
@@ -108,6 +110,9 @@ typedef struct qat_fq_cfg {
     qat_fq_kind kind;
     qat_observer_cfg obs;
     bool use_grad_scaling; /* learnable: gradient factor 1/sqrt(numel * quant_max) */
+    /* Learnable per-channel: the size of the channel axis (PyTorch's channel_len), which
+     * fixes the shape of the scale / zero_point parameters; unused otherwise. */
+    int32_t channel_len;
 } qat_fq_cfg;
 
 /* Types "FakeQuantize", "FusedMovingAvgObsFakeQuantize", "_LearnableFakeQuantize".
@@ -126,8 +131,10 @@ ag_status qat_fake_quant_qparams(nn_module *fq, float *scale, int32_t *zero_poin
 /* Range actually used by the fake quant ([quant_min, quant_max] of its observer). */
 void qat_fake_quant_range(const nn_module *fq, int32_t *qmin, int32_t *qmax);
 
-/* Toggles, on one module or (the _all variants) on every FakeQuantize/observer in a tree,
- * as PyTorch's model.apply(torch.ao.quantization.disable_observer) etc. */
+/* Toggles, on one module or (the _all variants) on every FakeQuantize in a tree, as
+ * PyTorch's model.apply(torch.ao.quantization.disable_observer) etc. Bare observers
+ * have no switch (in PyTorch either): they are skipped. On a _LearnableFakeQuantize
+ * "observer" means static_enabled, as its enable_observer() override does. */
 void qat_fake_quant_enable_observer(nn_module *fq, bool on);
 void qat_fake_quant_enable_fake_quant(nn_module *fq, bool on);
 void qat_enable_observer_all(nn_module *root, bool on);
@@ -143,6 +150,28 @@ ag_tensor *qat_fake_quantize_per_channel(ag_ctx *ctx, ag_tensor *x, const float 
                                          const int32_t *zero_point, int32_t axis,
                                          int32_t qmin, int32_t qmax);
 
+/* _LearnableFakeQuantize (LSQ) as differentiable ops: PyTorch's
+ * _fake_quantize_learnable_per_tensor_affine / _per_channel_affine. scale and
+ * zero_point are float tensors ([1], or [C] for the channel axis) that receive
+ * gradients (summed over x) when they require them; grad_factor scales those two. */
+ag_tensor *qat_fake_quantize_learnable_per_tensor(ag_ctx *ctx, ag_tensor *x, ag_tensor *scale,
+                                                  ag_tensor *zero_point, int32_t qmin,
+                                                  int32_t qmax, float grad_factor);
+ag_tensor *qat_fake_quantize_learnable_per_channel(ag_ctx *ctx, ag_tensor *x, ag_tensor *scale,
+                                                   ag_tensor *zero_point, int32_t axis,
+                                                   int32_t qmin, int32_t qmax,
+                                                   float grad_factor);
+/* _LearnableFakeQuantize's modes, as its PyTorch methods of the same names:
+ *   param learning:     learning on (scale/zero_point require gradients), fake quant on,
+ *                       observer (static estimates) off;
+ *   static estimate:    learning off, fake quant on, observer on;
+ *   static observation: learning off, fake quant off, observer on.
+ * qat_learnable_fq_toggle_learning is toggle_qparam_learning alone. */
+void qat_learnable_fq_enable_param_learning(nn_module *fq);
+void qat_learnable_fq_enable_static_estimate(nn_module *fq);
+void qat_learnable_fq_enable_static_observation(nn_module *fq);
+void qat_learnable_fq_toggle_learning(nn_module *fq, bool on);
+
 /* PyTorch's _calculate_qparams on float32 min/max (observer.py), elementwise over n:
  * the formula every observer ends with. */
 void qat_calculate_qparams(const float *min_val, const float *max_val, int32_t n,
@@ -152,5 +181,21 @@ void qat_calculate_qparams(const float *min_val, const float *max_val, int32_t n
 /* fbgemm's ChooseQuantizationParams (used by the fused fake quant while training). */
 void qat_choose_qparams(float min, float max, int32_t qmin, int32_t qmax,
                         bool preserve_sparsity, float *scale, int32_t *zero_point);
+
+/* ---- HistogramObserver numerics on raw arrays (histogram.c) -----------------------
+ * PyTorch 1.13's HistogramObserver.forward (histc over [int(min), int(max)], merging
+ * with upsample_rate 128) and _non_linear_param_search, bit for bit. `work` is scratch
+ * of qat_histogram_work_size(bins) bytes owned by the caller. */
+size_t qat_histogram_work_size(int32_t bins);
+/* torch.aminmax over n floats: a NaN anywhere makes both results NaN. */
+void qat_aminmax(const float *x, int64_t n, float *min_out, float *max_out);
+/* Updates hist[bins] and the 0-dim min/max with x[0..n). AG_ERR_NUMERIC (state
+ * untouched) for non-finite values, which PyTorch refuses too (int(inf) raises). */
+ag_status qat_histogram_observe(float *hist, int32_t bins, float *min_val, float *max_val,
+                                const float *x, int64_t n, void *work);
+/* The L2-optimal [new_min, new_max] that calculate_qparams feeds to _calculate_qparams;
+ * dst_nbins = 2^bits of the dtype (256 for 8-bit, even with reduce_range). */
+void qat_histogram_search(const float *hist, int32_t bins, float min_val, float max_val,
+                          int64_t dst_nbins, void *work, float *new_min, float *new_max);
 
 #endif

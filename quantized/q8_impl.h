@@ -1,0 +1,337 @@
+/* q8_impl.h — the runtime's insides: the model struct, the op table, the integer
+ * helpers every kernel shares, the int8 GEMM. Not installed; tests include it.
+ *
+ * An op (quantized/ops/<name>.c) is a q8_op_def: the names of its int attributes and
+ * constants (the file's vocabulary, with ranges), then
+ *   check   — at load/finish: inputs' dtypes, qparams and shapes, constants' dtypes and
+ *             shapes, the declared output; messages name the node and the field;
+ *   prepare — once after validation: pack weights, fold zero points, size scratch;
+ *   run     — the loops (TFLite Micro's prepare/eval split): no allocation, no checks
+ *             that could have been done before.
+ */
+#ifndef CQAT_Q8_IMPL_H
+#define CQAT_Q8_IMPL_H
+
+#include "quantized/q8.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef enum q8_op {
+#define Q8_OP(ENUM, name) Q8_OP_##ENUM,
+#include "quantized/q8_ops.def"
+#undef Q8_OP
+    Q8_OP_COUNT
+} q8_op;
+
+enum {
+    Q8_MAX_ATTRS = 12,
+    Q8_MAX_CONSTS = 6,
+    Q8_MAX_NODE_INPUTS = 64, /* cat */
+    Q8_MAX_GRAPH_IO = 64,
+    Q8_MAX_NAME = 256,       /* bytes of a name or text attribute, NUL included */
+    Q8_MAX_TEXT = 4096,
+    Q8_MAX_VALUES = 1 << 16,
+    Q8_MAX_NODES = 1 << 16,
+    Q8_CHUNK_ROWS = 256,     /* GEMM rows per step: scratch does not grow with the batch */
+};
+/* Bounds that keep every size computation far from overflow. */
+#define Q8_MAX_DIM (INT64_C(1) << 24)        /* one dimension */
+#define Q8_MAX_ITEM_NUMEL (INT64_C(1) << 28) /* elements of one batch item of a value */
+#define Q8_MAX_CONST_BYTES (INT64_C(1) << 30)
+#define Q8_MAX_BATCH_BYTES (INT64_C(1) << 40)
+/* Elements of one pooling window: 255 * 2^22 * M0 (< 2^31) stays below 2^63. */
+#define Q8_MAX_WINDOW (INT64_C(1) << 22)
+#define Q8_ROUNDING "half_even"
+#define Q8_FORMAT_NAME "cqat-q8"
+
+/* A constant of a node (weights, bias, multipliers...). */
+typedef struct q8_tensor {
+    q8_dtype dtype;
+    int32_t ndim;
+    int64_t shape[Q8_MAX_DIMS];
+    int64_t numel;
+    void *data; /* NULL: absent */
+} q8_tensor;
+
+typedef struct q8_value {
+    char *name;
+    q8_dtype dtype;
+    int32_t ndim;
+    int64_t shape[Q8_MAX_DIMS]; /* shape[0] == -1: the batch */
+    int64_t item_numel;         /* product of shape[1..] */
+    float scale;                /* u8/i8 */
+    int32_t zero_point;
+    int32_t producer;           /* node index; -1 for a graph input */
+    size_t offset;              /* into the model's arena (for cap_batch items) */
+} q8_value;
+
+typedef struct q8_node {
+    q8_op op;
+    int32_t index;
+    char *name;
+    int32_t n_in, n_out;
+    int32_t *in, *out;
+    int64_t attr[Q8_MAX_ATTRS]; /* indexed like the op's attribute table */
+    bool has_attr[Q8_MAX_ATTRS];
+    q8_tensor cst[Q8_MAX_CONSTS]; /* indexed like the op's constant table */
+    void *prep;                   /* op-private, made by prepare */
+    size_t scratch_bytes;         /* set by prepare */
+} q8_node;
+
+typedef enum q8_gemm_kernel { Q8_GEMM_REFERENCE = 0, Q8_GEMM_AVX2 = 1 } q8_gemm_kernel;
+
+struct q8_model {
+    q8_value *values;
+    int32_t n_values, cap_values;
+    q8_node *nodes;
+    int32_t n_nodes, cap_nodes;
+    int32_t inputs[Q8_MAX_GRAPH_IO], outputs[Q8_MAX_GRAPH_IO];
+    int32_t n_inputs, n_outputs;
+    char *source_model, *qconfig;
+    q8_gemm_kernel kernel;
+    /* run state */
+    int64_t cap_batch;  /* the arena holds this many items of every value */
+    int64_t batch;      /* of the last successful run; 0 before */
+    uint8_t *arena;
+    uint8_t *scratch;   /* max over nodes of scratch_bytes, 64-byte aligned */
+    size_t scratch_bytes;
+};
+
+typedef struct q8_attr_spec {
+    const char *key;
+    bool required;
+    int64_t def; /* when absent and not required */
+    int64_t lo, hi;
+} q8_attr_spec;
+
+typedef struct q8_const_spec {
+    const char *key;
+    bool required;
+} q8_const_spec;
+
+typedef struct q8_op_def {
+    const char *name;
+    int32_t min_inputs, max_inputs; /* every op has one output */
+    const q8_attr_spec *attrs;
+    int32_t n_attrs;
+    const q8_const_spec *consts;
+    int32_t n_consts;
+    q8_status (*check)(const q8_model *m, const q8_node *n);
+    q8_status (*prepare)(q8_model *m, q8_node *n); /* may be NULL */
+    void (*release)(q8_node *n);                   /* frees n->prep; may be NULL */
+    q8_status (*run)(q8_model *m, const q8_node *n, int64_t batch);
+} q8_op_def;
+
+#define Q8_OP(ENUM, name) extern const q8_op_def q8_op_##name;
+#include "quantized/q8_ops.def"
+#undef Q8_OP
+extern const q8_op_def *const q8_ops[Q8_OP_COUNT];
+/* Q8_OP_COUNT if unknown. */
+q8_op q8_op_from_name(const char *name);
+
+/* ---- model plumbing (model.c) ---- */
+
+q8_model *q8_model_alloc(void);
+/* Runs every op's check in order after the graph-level checks; then prepare. */
+q8_status q8_model_validate(q8_model *m);
+q8_status q8_model_prepare(q8_model *m);
+/* Input/output counts, attribute defaults and ranges, required constants of one node. */
+q8_status q8_node_check_fields(q8_node *n);
+static inline void *q8_value_data(const q8_model *m, int32_t id)
+{
+    return m->arena + m->values[id].offset;
+}
+static inline const q8_value *q8_in(const q8_model *m, const q8_node *n, int32_t i)
+{
+    return &m->values[n->in[i]];
+}
+static inline const q8_value *q8_out(const q8_model *m, const q8_node *n)
+{
+    return &m->values[n->out[0]];
+}
+
+/* "node 3 (conv2d 'features.0'): <message>" with the status. */
+q8_status q8_node_error(const q8_node *n, q8_status st, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+/* "[N, 3, 28, 28]" (N for -1). */
+const char *q8_shape_str(char *buf, size_t size, int32_t ndim, const int64_t *shape);
+
+/* ---- checks shared by the ops (check.c); each names the node and the field ---- */
+
+q8_status q8_check_input_quantized(const q8_model *m, const q8_node *n, int32_t i);
+q8_status q8_check_input_dtype(const q8_model *m, const q8_node *n, int32_t i, q8_dtype dt);
+q8_status q8_check_input_rank(const q8_model *m, const q8_node *n, int32_t i, int32_t ndim);
+q8_status q8_check_output(const q8_model *m, const q8_node *n, q8_dtype dt, int32_t ndim,
+                          const int64_t *shape);
+/* The output's scale and zero point equal input i's (ops that only move integers). */
+q8_status q8_check_same_qparams(const q8_model *m, const q8_node *n, int32_t i);
+/* Constant `idx` is present (if required), of dtype `dt` and shape `shape[0..ndim)`. */
+q8_status q8_check_const(const q8_node *n, int32_t idx, q8_dtype dt, int32_t ndim,
+                         const int64_t *shape);
+/* Shift array in range, multiplier in [2^30, 2^31) (or 0 with shift 0), and
+ * M0 * 2^-shift within 2^-20 relative of `real`: the scales agree with the integers (a
+ * writer may compute M in float; a wrong scale or multiplier is caught). */
+q8_status q8_check_multiplier(const q8_node *n, const char *field, int64_t i, int64_t m0,
+                              int64_t shift, double real);
+/* Bounds inside the dtype's range and lo <= hi. */
+q8_status q8_check_clamp(const q8_node *n, int64_t lo, int64_t hi, q8_dtype dt);
+/* Pools: input u8/i8 of rank 4, padding at most half the (dilated) kernel, a window of at
+ * most Q8_MAX_WINDOW elements, an output of at least 1x1 (written to out_hw). */
+q8_status q8_check_pool(const q8_model *m, const q8_node *n, const int64_t *kernel,
+                        const int64_t *stride, const int64_t *pad, const int64_t *dilation,
+                        bool ceil_mode, int64_t *out_hw);
+/* Weight-scale constant: finite, > 0. */
+q8_status q8_check_scales(const q8_node *n, int32_t idx);
+
+/* ---- integer arithmetic ---- */
+
+static inline int32_t q8_qmin(q8_dtype dt) { return dt == Q8_U8 ? 0 : -128; }
+static inline int32_t q8_qmax(q8_dtype dt) { return dt == Q8_U8 ? 255 : 127; }
+/* XOR that maps an int8 byte onto uint8 with the same order: q + 128. */
+static inline uint8_t q8_xor(q8_dtype dt) { return dt == Q8_I8 ? 0x80 : 0; }
+static inline int64_t q8_clamp64(int64_t v, int64_t lo, int64_t hi)
+{
+    return v < lo ? lo : v > hi ? hi : v;
+}
+
+/* floor(p / 2^n) without relying on how >> treats negative numbers. */
+static inline int64_t q8_floor_shift(int64_t p, int32_t n)
+{
+    return p >= 0 ? p >> n : -((-(p + 1)) >> n) - 1;
+}
+
+/* round_half_even(x * m0 / 2^shift), from the exact 64-bit product (see q8.h). */
+static inline int64_t q8_rq(int64_t x, int32_t m0, int32_t shift)
+{
+    int64_t p = x * (int64_t)m0;
+    if (shift == 0)
+        return p;
+    int64_t q = q8_floor_shift(p, shift);
+    uint64_t rem = (uint64_t)p & ((UINT64_C(1) << shift) - 1);
+    uint64_t half = UINT64_C(1) << (shift - 1);
+    if (rem > half || (rem == half && (q & 1)))
+        q += 1;
+    return q;
+}
+
+/* round_half_even(x * m0 / (d * 2^shift)) exactly, d >= 1, |x * m0| < 2^63: the average
+ * pools' rounding (one rounding of the exact quotient, without forming d * 2^shift).
+ * Write x*m0 = q1 * 2^shift + r1 and q1 = q2 * d + r2 (floors); the fraction beyond q2
+ * is (r2 * 2^shift + r1) / (d * 2^shift), compared with 1/2 through k = 2*r2 - d. */
+static inline int64_t q8_rq_div(int64_t x, int32_t m0, int32_t shift, int64_t d)
+{
+    int64_t p = x * (int64_t)m0;
+    int64_t q1 = q8_floor_shift(p, shift);
+    uint64_t r1 = shift ? (uint64_t)p & ((UINT64_C(1) << shift) - 1) : 0;
+    int64_t q2 = q1 >= 0 ? q1 / d : -((-q1 - 1) / d) - 1; /* floor */
+    int64_t k = 2 * (q1 - q2 * d) - d;
+    uint64_t half = shift ? UINT64_C(1) << (shift - 1) : 1; /* r1 == 0 when shift == 0 */
+    int cmp; /* sign of (fraction - 1/2) */
+    if (k >= 1)
+        cmp = 1;
+    else if (k <= -2)
+        cmp = -1;
+    else if (k == 0)
+        cmp = r1 > 0 ? 1 : 0;
+    else
+        cmp = shift == 0 ? -1 : r1 > half ? 1 : r1 == half ? 0 : -1;
+    if (cmp > 0 || (cmp == 0 && (q2 & 1)))
+        q2 += 1;
+    return q2;
+}
+
+/* Stores one requantized result: clamp(zp + rq(acc), lo, hi) as the output byte. */
+static inline uint8_t q8_rq_byte(int64_t acc, int32_t m0, int32_t shift, int32_t zp, int32_t lo,
+                                 int32_t hi)
+{
+    return (uint8_t)q8_clamp64(zp + q8_rq(acc, m0, shift), lo, hi); /* i8: two's complement */
+}
+
+/* The integer stored in a value's byte (u8 or i8). */
+static inline int32_t q8_load(const uint8_t *p, int64_t i, q8_dtype dt)
+{
+    return dt == Q8_U8 ? (int32_t)p[i] : (int32_t)(int8_t)p[i];
+}
+
+/* PyTorch quantize_val (AffineQuantizerBase.cpp) with inv = 1.0f / scale precomputed:
+ * zp + nearbyint(x * inv), clamped to [qmin, qmax]. The clamp happens on the float before
+ * the conversion: the same integers without an out-of-range cast. NaN gives zp. */
+static inline int32_t q8_quantize_inv(float x, float inv, int32_t zp, int32_t qmin, int32_t qmax)
+{
+    float r = nearbyintf(x * inv);
+    if (r != r) /* NaN */
+        return zp;
+    if (r <= (float)(qmin - zp))
+        return qmin;
+    if (r >= (float)(qmax - zp))
+        return qmax;
+    return zp + (int32_t)r;
+}
+
+/* Output size of a window op along one axis (PyTorch pooling_output_shape: floor, or
+ * ceil without starting a window in the right padding); <= 0 when the window does not
+ * fit. conv2d is the floor case. */
+int64_t q8_window_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad,
+                           int64_t dilation, bool ceil_mode);
+
+/* Output bounds of a fused activation on `out`. */
+void q8_act_bounds(q8_act act, q8_qparams out, int32_t *lo, int32_t *hi);
+/* The scalar bias quantization of q8_weights (q8.h); Q8_ERR_NUMERIC if out of int32. */
+q8_status q8_quantize_bias(const float *bias, int64_t n, float s_in, const float *s_w,
+                           int64_t n_scale, int32_t *out);
+/* fbgemm/PyTorch ChooseQuantizationParams(min, max, 0, 255, preserve_sparsity=false,
+ * force_scale_power_of_two=false, reduce_range) (QuantUtils.h); min, max finite. */
+void q8_choose_qparams_dynamic(float min, float max, bool reduce_range, float *scale,
+                               int32_t *zero_point);
+/* Real multiplier of input i of an add: used by the builder and by check. */
+void q8_add_reals(float sa, float sb, float so, int32_t left_shift, double *ma, double *mb,
+                  double *mo);
+enum { Q8_ADD_LEFT_SHIFT = 20 };
+
+/* ---- int8 GEMM (gemm*.c) ---- */
+
+/* K padded to the kernels' step: A rows and packed B rows hold kp bytes/shorts. */
+static inline int64_t q8_gemm_kp(int64_t k) { return (k + 15) / 16 * 16; }
+
+/* C[i*ldc + j] = bias[j] + sum_{k<kp} A[i*lda + k] * B[j*kp + k] for i < m, j < n.
+ * A uint8 (already shifted to unsigned: an int8 activation is stored as q + 128), B the
+ * int8 weights widened to int16 and zero padded to kp (a multiple of 16), bias may be
+ * NULL. Exact int32 arithmetic as long as no partial sum leaves int32 (q8_pack_weights
+ * refuses weights that could). The reference and the AVX2 kernel give identical
+ * results; q8_gemm splits the work into tiles over OpenMP threads. */
+typedef void (*q8_gemm_fn)(int64_t m, int64_t n, int64_t kp, const uint8_t *a, int64_t lda,
+                           const int16_t *b, const int32_t *bias, int32_t *c, int64_t ldc);
+void q8_gemm_reference(int64_t m, int64_t n, int64_t kp, const uint8_t *a, int64_t lda,
+                       const int16_t *b, const int32_t *bias, int32_t *c, int64_t ldc);
+void q8_gemm_avx2(int64_t m, int64_t n, int64_t kp, const uint8_t *a, int64_t lda,
+                  const int16_t *b, const int32_t *bias, int32_t *c, int64_t ldc);
+bool q8_gemm_avx2_available(void);
+q8_gemm_kernel q8_gemm_choose(void); /* CPU + CQAT_Q8_GEMM */
+void q8_gemm(q8_gemm_kernel kernel, int64_t m, int64_t n, int64_t kp, const uint8_t *a,
+             int64_t lda, const int16_t *b, const int32_t *bias, int32_t *c, int64_t ldc);
+
+/* Weights packed for q8_gemm, with the input zero point folded into the bias:
+ * bias[j] = b_q[j] - zp_u8 * sum_k W[j][k] (gemmlowp's rank-one correction, XNNPACK's
+ * pack-time fold), where zp_u8 is the zero point in the unsigned domain of A. */
+typedef struct q8_packed {
+    int64_t n, k, kp;
+    int16_t *w;    /* (n, kp) */
+    int32_t *bias; /* (n) */
+    int32_t *wsum; /* (n): sum_k W[j][k] */
+} q8_packed;
+/* `bias` (n) may be NULL (zero). Fails (Q8_ERR_NUMERIC, naming the node and the output
+ * channel) when 255 * sum_k |W[j][k]| + |bias[j]| could leave int32. */
+q8_status q8_pack_weights(const q8_node *node, const int8_t *w, int64_t n, int64_t k,
+                          const int32_t *bias, int32_t zp_u8, q8_packed *out);
+void q8_packed_free(q8_packed *p);
+
+void *q8_alloc(size_t bytes);  /* 64-byte aligned, NULL on OOM (no message) */
+void q8_free(void *p);
+char *q8_strdup(const char *s); /* NULL in, "" out */
+
+#endif

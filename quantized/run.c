@@ -1,0 +1,85 @@
+/* run.c — running a model: activation buffers sized for the largest batch seen, graph
+ * inputs copied in, nodes run in order. */
+#include "quantized/q8_impl.h"
+
+#include <inttypes.h>
+
+/* Bytes of one batch item of value v. */
+static size_t item_bytes(const q8_value *v)
+{
+    return (size_t)v->item_numel * q8_dtype_size(v->dtype);
+}
+
+q8_status q8_model_reserve(q8_model *m, int64_t batch)
+{
+    if (batch < 1)
+        return q8_error(Q8_ERR_ARG, "batch %" PRId64 " must be at least 1", batch);
+    if (batch <= m->cap_batch)
+        return Q8_OK;
+    int64_t per_item = 0;
+    for (int32_t i = 0; i < m->n_values; i++)
+        per_item += (int64_t)item_bytes(&m->values[i]) + 64;
+    if (batch > Q8_MAX_BATCH_BYTES / per_item)
+        return q8_error(Q8_ERR_ARG,
+                        "batch %" PRId64 " needs more than %" PRId64 " bytes of activations "
+                        "(%" PRId64 " per item)",
+                        batch, Q8_MAX_BATCH_BYTES, per_item);
+    size_t total = 0;
+    for (int32_t i = 0; i < m->n_values; i++) {
+        m->values[i].offset = total;
+        total += ((size_t)batch * item_bytes(&m->values[i]) + 63) / 64 * 64;
+    }
+    uint8_t *arena = q8_alloc(total);
+    if (!arena)
+        return q8_error(Q8_ERR_NOMEM, "cannot allocate %zu bytes of activations for batch %" PRId64,
+                        total, batch);
+    q8_free(m->arena);
+    m->arena = arena;
+    m->cap_batch = batch;
+    m->batch = 0; /* the old contents are gone */
+    return Q8_OK;
+}
+
+q8_status q8_model_run_values(q8_model *m, const void *const *inputs, int64_t batch)
+{
+    if (!m || !inputs)
+        return q8_error(Q8_ERR_ARG, "q8_model_run_values: model or inputs is NULL");
+    q8_status st = q8_model_reserve(m, batch);
+    if (st != Q8_OK)
+        return st;
+    m->batch = 0;
+    for (int32_t i = 0; i < m->n_inputs; i++) {
+        const q8_value *v = &m->values[m->inputs[i]];
+        if (!inputs[i])
+            return q8_error(Q8_ERR_ARG, "graph input %d (value %d) is NULL", (int)i,
+                            (int)m->inputs[i]);
+        memcpy(q8_value_data(m, m->inputs[i]), inputs[i], (size_t)batch * item_bytes(v));
+    }
+    for (int32_t k = 0; k < m->n_nodes; k++) {
+        const q8_node *n = &m->nodes[k];
+        st = q8_ops[n->op]->run(m, n, batch);
+        if (st != Q8_OK)
+            return st;
+    }
+    m->batch = batch;
+    return Q8_OK;
+}
+
+q8_status q8_model_run(q8_model *m, const float *input, int64_t batch, float *output)
+{
+    if (!m || !input || !output)
+        return q8_error(Q8_ERR_ARG, "q8_model_run: model, input or output is NULL");
+    if (m->n_inputs != 1 || m->n_outputs != 1 || m->values[m->inputs[0]].dtype != Q8_F32 ||
+        m->values[m->outputs[0]].dtype != Q8_F32)
+        return q8_error(Q8_ERR_STATE,
+                        "q8_model_run needs one f32 input and one f32 output; this model has "
+                        "%d inputs and %d outputs (use q8_model_run_values)",
+                        (int)m->n_inputs, (int)m->n_outputs);
+    const void *in[1] = {input};
+    q8_status st = q8_model_run_values(m, in, batch);
+    if (st != Q8_OK)
+        return st;
+    const q8_value *y = &m->values[m->outputs[0]];
+    memcpy(output, q8_value_data(m, m->outputs[0]), (size_t)batch * item_bytes(y));
+    return Q8_OK;
+}
