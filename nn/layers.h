@@ -184,7 +184,23 @@ nn_module *nn_dequant_stub_new(void);
  * nn_module_replace(root, "skip.activation_post_process", observer). Each call
  * computes the op, applies the hook and reports (module, inputs, output) to the trace.
  * Inputs may be NULL (the result is then NULL, as with ops). */
+typedef enum nn_ff_op {
+    NN_FF_NONE = 0, /* not called yet */
+    NN_FF_ADD,
+    NN_FF_ADD_RELU,
+    NN_FF_MUL,
+    NN_FF_CAT,
+} nn_ff_op;
+
+typedef struct nn_float_functional {
+    nn_module base;
+    nn_ff_op last_op;  /* the op of the latest call (convert reads it while tracing) */
+    int32_t last_dim;  /* cat's dim */
+} nn_float_functional;
+
 nn_module *nn_float_functional_new(void);
+/* The op of m's latest call and, for cat, its dim (may be NULL). */
+nn_ff_op nn_ff_last_op(const nn_module *m, int32_t *cat_dim);
 ag_tensor *nn_ff_add(nn_module *m, ag_ctx *ctx, ag_tensor *a, ag_tensor *b);
 ag_tensor *nn_ff_add_relu(nn_module *m, ag_ctx *ctx, ag_tensor *a,
                           ag_tensor *b); /* relu(a + b) */

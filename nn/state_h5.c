@@ -403,6 +403,7 @@ ag_status nn_h5_read_attr_str(hid_t loc, const char *label, const char *name, ch
         char *s = NULL;
         hid_t mtype = H5Tcopy(H5T_C_S1);
         H5Tset_size(mtype, H5T_VARIABLE);
+        H5Tset_cset(mtype, H5Tget_cset(ftype)); /* h5py writes UTF-8: no conversion */
         if (H5Aread(a, mtype, &s) < 0 || !s) {
             st = ag_error(AG_ERR_FORMAT, "%s: cannot read attribute '%s'", label, name);
         } else {
@@ -416,6 +417,7 @@ ag_status nn_h5_read_attr_str(hid_t loc, const char *label, const char *name, ch
         hid_t mtype = H5Tcopy(H5T_C_S1);
         H5Tset_size(mtype, n + 1);
         H5Tset_strpad(mtype, H5T_STR_NULLTERM);
+        H5Tset_cset(mtype, H5Tget_cset(ftype));
         if (!tmp || H5Aread(a, mtype, tmp) < 0)
             st = ag_error(AG_ERR_FORMAT, "%s: cannot read attribute '%s'", label, name);
         else
