@@ -11,10 +11,13 @@
 
 #include "nn/state_h5.h"
 #include "nn/zoo.h"
+#include "tools/commands.h"
 #include "tools/train.h"
 
 #define WEIGHTS CQAT_TEST_DATA_DIR "/torch_refcnn_float.h5"
 #define REF CQAT_TEST_DATA_DIR "/torch_refcnn_float_ref.h5"
+#define QAT_WEIGHTS CQAT_TEST_DATA_DIR "/torch_refcnn_qat.h5"
+#define QAT_REF CQAT_TEST_DATA_DIR "/torch_refcnn_qat_ref.h5"
 
 static nn_module *load_refcnn(void)
 {
@@ -128,6 +131,67 @@ START_TEST(failed_load_leaves_the_model_untouched)
 }
 END_TEST
 
+/* Predictions of m on the whole test set. */
+static void predict_all(nn_module *m, const data_dataset *test, int32_t *pred)
+{
+    data_transform tf = data_transform_fashion_mnist();
+    data_loader ld;
+    ck_assert_int_eq(data_loader_init(&ld, test, 500, false, false, 0, &tf), AG_OK);
+    ag_ctx *ctx = ag_ctx_new();
+    int32_t labels[500];
+    nn_module_eval(m);
+    ag_no_grad_begin(ctx);
+    for (int64_t b = 0; b < data_loader_num_batches(&ld); b++) {
+        int32_t count = 0;
+        ag_tensor *x = ag_ctx_tensor(ctx, 4, AG_SHAPE(500, 1, 28, 28));
+        ck_assert_int_eq(data_loader_batch(&ld, b, x->data, labels, &count), AG_OK);
+        ag_tensor *y = nn_forward(m, ctx, x);
+        ck_assert_msg(y != NULL, "%s", ag_last_error());
+        for (int32_t i = 0; i < count; i++) {
+            int32_t best = 0;
+            for (int32_t j = 1; j < 10; j++)
+                if (y->data[i * 10 + j] > y->data[i * 10 + best])
+                    best = j;
+            pred[b * 500 + i] = best;
+        }
+        ag_ctx_reset(ctx);
+    }
+    ag_no_grad_end(ctx);
+    ag_ctx_free(ctx);
+    data_loader_deinit(&ld);
+}
+
+START_TEST(pytorch_qat_state_dict_gives_pytorch_fake_quant_results)
+{
+    nn_module *m = NULL;
+    qat_qconfig_map *map = NULL;
+    cqat_ckpt_meta meta;
+    ck_assert_msg(cqat_model_for_file(QAT_WEIGHTS, "refcnn", true, NULL, &m, &map, &meta) ==
+                      AG_OK, "%s", ag_last_error());
+    data_dataset test = {0};
+    ck_assert_int_eq(data_fashion_mnist_load(NULL, false, &test), AG_OK);
+    static int32_t pred[10000], ref[10000];
+    predict_all(m, &test, pred);
+    hid_t f = nn_h5_open_read(QAT_REF);
+    ag_tensor rt = {.dtype = AG_I32, .ndim = 1, .shape = {10000}, .numel = 10000, .data = (float *)ref};
+    ck_assert_int_eq(nn_h5_read_tensor(f, QAT_REF, "fake_quant_predictions", &rt), AG_OK);
+    double torch_acc = 0;
+    ck_assert_int_eq(nn_h5_read_attr_f64(f, QAT_REF, "fake_quant_accuracy", &torch_acc), AG_OK);
+    H5Fclose(f);
+    int64_t correct = 0, same = 0;
+    for (int i = 0; i < 10000; i++) {
+        correct += pred[i] == test.labels[i];
+        same += pred[i] == ref[i];
+    }
+    double acc = correct / 10000.0;
+    ck_assert_msg(fabs(acc - torch_acc) <= 0.001, "cqat %.4f, PyTorch %.4f", acc, torch_acc);
+    ck_assert_msg(same >= 9990, "only %lld of 10000 predictions equal PyTorch's", (long long)same);
+    data_dataset_deinit(&test);
+    nn_module_free(m);
+    qat_qconfig_map_free(map);
+}
+END_TEST
+
 Suite *make_suite(void)
 {
     Suite *s = suite_create("torch import");
@@ -137,6 +201,7 @@ Suite *make_suite(void)
     tcase_add_test(tc, pytorch_weights_give_pytorch_logits);
     tcase_add_test(tc, strict_load_lists_missing_unexpected_and_misshaped_keys);
     tcase_add_test(tc, failed_load_leaves_the_model_untouched);
+    tcase_add_test(tc, pytorch_qat_state_dict_gives_pytorch_fake_quant_results);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -8,24 +8,6 @@
 #include "tools/args.h"
 #include "tools/commands.h"
 
-int cqat_fail(const char *cmd)
-{
-    const char *msg = ag_last_error();
-    fprintf(stderr, "cqat %s: %s\n", cmd, *msg ? msg : "failed");
-    return 1;
-}
-
-int cqat_fail_msg(const char *cmd, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "cqat %s: ", cmd);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return 1;
-}
-
 int cqat_cmd_eval(int argc, char **argv)
 {
     const char *model = NULL, *weights = NULL, *data = NULL, *qconfig = NULL;

@@ -8,23 +8,30 @@ Run with Debian's Python (python3-torch 1.13, python3-h5py, python3-numpy):
     /usr/bin/python3 tools/gen_qat_golden.py              # writes tests/data/qat_golden.h5
     /usr/bin/python3 tools/gen_qat_golden.py OUT.h5
 
-Layout (configuration in attributes, numbers in float32 / int32 datasets):
-    /observers/<case>     attrs: the observer configuration (kind, dtype, qscheme,
+Layout. Each case is a group whose configuration is one string attribute "config"
+("key=value ..."; one attribute rather than a dozen keeps the file under 300 KB), with
+few datasets, stacked:
+    /observers/<case>     config: the observer configuration (kind, dtype, qscheme,
                           reduce_range, has_custom_range, quant_min, quant_max, eps,
-                          averaging_constant, ch_axis, bins) and n_steps;
-                          scale_init, zp_init: calculate_qparams before any input;
-                          per step k: x<k> (input), min<k>, max<k> (statistics after it),
-                          scale<k>, zp<k> (calculate_qparams after it), hist<k>
-    /fq_ops/<case>        attrs: per_channel, qmin, qmax, axis (per-channel) or scale,
-                          zero_point (per-tensor); datasets x, dy, y, dx (and scales, zps)
-    /fq_modules/<case>    attrs: fq_kind, observer configuration (obs_ prefix), n_steps,
-                          obs_on<k>, fq_on<k>; per step: x<k>, dy<k>, y<k>, dx<k>, scale<k>,
-                          zp<k> (buffers after the step), min<k>, max<k>; calc_scale,
-                          calc_zp: the module's calculate_qparams() at the end
-    /learnable/<case>     attrs: observer configuration, use_grad_scaling, channel_len,
-                          mode ("learn" / "static"); scale_init, zp_init, x, dy, y, dx,
-                          dscale, dzp, scale_after, zp_after
-    /state_keys           one string attribute per module: its state_dict keys, "\\n"-joined
+                          averaging_constant, ch_axis, bins), fresh (a new observer per
+                          input), scale_init / zp_init (calculate_qparams before any input);
+                          x: the inputs, flattened and concatenated; shapes (steps, 6):
+                          ndim and dims of each; stats (steps, 2, C): min_val, max_val after
+                          each step; hists (steps, bins); qparams (steps, 2, C) float64:
+                          calculate_qparams' scale and zero point after each step
+    /fq_ops/<case>        config: per_channel, qmin, qmax, scale / zero_point (per tensor)
+                          or axis (per channel, with datasets scales, zps);
+                          data (4, ...): x, dy, y, dx
+    /fq_modules/<case>    config: fq_kind, obs_* (the observer), n_steps;
+                          data (4, steps, ...): x, dy, y, dx; flags (steps, 2): observer and
+                          fake quant enabled during each step; qparams (steps, 2, C): the
+                          scale and zero_point buffers after it; stats (steps, 2, C);
+                          calc (2, C): the module's calculate_qparams() at the end
+    /learnable/<case>     config: obs_*, use_grad_scaling, channel_len, mode (learn /
+                          static); data (4, ...): x, dy, y, dx; params (6, L): scale and
+                          zero_point set before the forward, their gradients, their values
+                          after it
+    /state_keys           one string attribute per module: its state_dict keys, "\n"-joined
     /state_load/<case>    a state_dict (datasets named by key) to load with nn_state_load_h5;
                           /state_expect/<case>/{scale,zp}: calculate_qparams after loading
 
@@ -365,8 +372,11 @@ def learnable_cases():
     ew_scale = gen(82, (96,), 0.02, 0.06).abs() + 0.005
     ew_zp = gen(83, (96,), 2.5)
     ew_x = (gen(84, (96, 1), 4.0) * ew_scale.reshape(96, 1))
-    # Some values exactly on .5 ties of x / scale (in float: x * f32(1 / scale)).
-    ew_x[::5, 0] = ((torch.arange(0, 96, 5) % 15 - 7).float() + 0.5) * ew_scale[::5]
+    # Half the values within a few ulps of a .5 tie of x / scale, where rounding
+    # zp + x * inv with or without a fused multiply-add differs.
+    near = 1.0 + (torch.arange(48).double() % 7 - 3) * 1e-7
+    ew_x[::2, 0] = (((torch.arange(48) % 15 - 7).double() + 0.5) * ew_scale[::2].double()
+                    * near).float()
     return {
         # name: (observer cfg, use_grad_scaling, channel_len, mode, scale, zero_point, x)
         "per_tensor_learn": (cfg(1, dtype=1, qrange=(-8, 7)), False, -1, "learn", [0.0371],
