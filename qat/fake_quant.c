@@ -22,11 +22,19 @@
 /* ---- rounding and the element kernel ------------------------------------------------ */
 
 /* std::nearbyint on float in the default rounding mode (ties to even), without a libm
- * call so that the loops vectorize: adding 2^23 to |v| < 2^23 drops the fraction. */
+ * call so that the loops vectorize: adding 2^23 to |v| < 2^23 drops the fraction (larger
+ * values are integers already). The final choice is a bit blend rather than ?:, which
+ * GCC would turn into a branch (and then not vectorize) under -ftrapping-math. */
 static inline float rne(float v)
 {
     float a = fabsf(v);
-    return a < 0x1p23f ? copysignf((a + 0x1p23f) - 0x1p23f, v) : v;
+    float r = copysignf((a + 0x1p23f) - 0x1p23f, v);
+    uint32_t rb, vb, keep = 0u - (uint32_t)(a < 0x1p23f);
+    memcpy(&rb, &r, sizeof rb);
+    memcpy(&vb, &v, sizeof vb);
+    uint32_t out = (rb & keep) | (vb & ~keep);
+    memcpy(&r, &out, sizeof r);
+    return r;
 }
 
 /* The quantization range and zero point of one tensor or channel, prepared once. */
@@ -49,19 +57,21 @@ static bool range_is_narrow(int32_t qmin, int32_t qmax)
     return qmin >= -(1 << 24) && qmax <= (1 << 24);
 }
 
-static inline float fq_qf(float x, const fq_params *p) { return p->zp + rne(x * p->inv); }
+/* qf = zp + RNE(x * inv), in float as PyTorch's int + float. */
+static inline float fq_qf(float x, float inv, float zp) { return zp + rne(x * inv); }
 
-static inline float fq_one(float x, const fq_params *p)
+/* clamp((int64) qf, lo, hi) as a float, with x86's conversion: NaN, +inf and values
+ * >= 2^63 become INT64_MIN, i.e. lo. Selects only, so that it vectorizes. */
+static inline float fq_clamp(float qf, float lo, float hi)
 {
-    float qf = fq_qf(x, p);
-    float q = qf >= p->lo ? (qf <= p->hi ? qf : (qf < 0x1p63f ? p->hi : p->lo)) : p->lo;
-    return (q - p->zp) * p->scale;
+    float above = qf < 0x1p63f ? hi : lo;
+    float q = qf > hi ? above : qf;
+    return qf >= lo ? q : lo;
 }
 
-static inline bool fq_in_range(float x, const fq_params *p)
+static inline float fq_mask(float qf, float lo, float hi)
 {
-    float qf = fq_qf(x, p);
-    return qf >= p->lo && qf <= p->hi;
+    return (float)((qf >= lo) & (qf <= hi));
 }
 
 /* (int64_t) of a float on x86: INT64_MIN when it does not fit (or is NaN). */
@@ -72,39 +82,41 @@ static inline int64_t to_int64_x86(float v)
 
 static inline float fq_one_wide(float x, const fq_params *p)
 {
-    double q = (double)to_int64_x86(fq_qf(x, p));
+    double q = (double)to_int64_x86(fq_qf(x, p->inv, p->zp));
     q = fmin(fmax(q, (double)p->qmin), (double)p->qmax);
     return (float)((q - (double)p->izp) * (double)p->scale);
 }
 
 static inline bool fq_in_range_wide(float x, const fq_params *p)
 {
-    int64_t q = to_int64_x86(fq_qf(x, p));
+    int64_t q = to_int64_x86(fq_qf(x, p->inv, p->zp));
     return p->qmin <= q && q <= p->qmax;
 }
 
-static void fq_span(const float *x, float *y, int64_t n, const fq_params *p)
+static void fq_span(const float *restrict x, float *restrict y, int64_t n, const fq_params *p)
 {
-    if (range_is_narrow(p->qmin, p->qmax)) {
-        for (int64_t i = 0; i < n; i++)
-            y[i] = fq_one(x[i], p);
-    } else {
+    if (!range_is_narrow(p->qmin, p->qmax)) {
         for (int64_t i = 0; i < n; i++)
             y[i] = fq_one_wide(x[i], p);
+        return;
     }
+    const float inv = p->inv, zp = p->zp, lo = p->lo, hi = p->hi, scale = p->scale;
+    for (int64_t i = 0; i < n; i++)
+        y[i] = (fq_clamp(fq_qf(x[i], inv, zp), lo, hi) - zp) * scale;
 }
 
 /* dx += dy * mask: a bool mask times dy, as PyTorch's backward (0 * inf is NaN). */
-static void fq_span_grad(const float *x, const float *dy, float *dx, int64_t n,
-                         const fq_params *p)
+static void fq_span_grad(const float *restrict x, const float *restrict dy, float *restrict dx,
+                         int64_t n, const fq_params *p)
 {
-    if (range_is_narrow(p->qmin, p->qmax)) {
-        for (int64_t i = 0; i < n; i++)
-            dx[i] += dy[i] * (float)fq_in_range(x[i], p);
-    } else {
+    if (!range_is_narrow(p->qmin, p->qmax)) {
         for (int64_t i = 0; i < n; i++)
             dx[i] += dy[i] * (float)fq_in_range_wide(x[i], p);
+        return;
     }
+    const float inv = p->inv, zp = p->zp, lo = p->lo, hi = p->hi;
+    for (int64_t i = 0; i < n; i++)
+        dx[i] += dy[i] * fq_mask(fq_qf(x[i], inv, zp), lo, hi);
 }
 
 enum { FQ_CHUNK = 16384, FQ_PARALLEL_MIN = 65536 };
@@ -427,6 +439,10 @@ static ag_status fq_check_cfg(const qat_fq_cfg *c, qat_observer_cfg *oc, const c
                                             oc->kind == QAT_OBS_FIXED_QPARAMS))
         return ag_error(AG_ERR_ARG, "%s: observer kind %d gives no quantization parameters "
                         "here", type, (int)oc->kind);
+    if (c->kind == QAT_FQ_LEARNABLE && oc->qscheme >= QAT_PER_CHANNEL_AFFINE &&
+        c->channel_len <= 0)
+        return ag_error(AG_ERR_ARG, "%s: per-channel needs channel_len (the size of ch_axis), "
+                        "got %d", type, (int)c->channel_len);
     if (c->kind != QAT_FQ_STANDARD && !oc->has_custom_range) {
         oc->has_custom_range = true;
         oc->quant_min = 0;
@@ -444,10 +460,6 @@ static ag_status fq_check_cfg(const qat_fq_cfg *c, qat_observer_cfg *oc, const c
         return ag_error(AG_ERR_ARG, "%s: quant_min %d .. quant_max %d is out of the dtype's "
                         "bounds %" PRId64 " .. %" PRId64, type, (int)oc->quant_min,
                         (int)oc->quant_max, lo, hi);
-    if (c->kind == QAT_FQ_LEARNABLE && oc->qscheme >= QAT_PER_CHANNEL_AFFINE &&
-        c->channel_len <= 0)
-        return ag_error(AG_ERR_ARG, "%s: per-channel needs channel_len (the size of ch_axis), "
-                        "got %d", type, (int)c->channel_len);
     return AG_OK;
 }
 

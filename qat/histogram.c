@@ -100,20 +100,72 @@ static float torch_sum_f32(const float *x, int64_t n)
 
 /* ---- torch.aminmax --------------------------------------------------------------- */
 
+enum { LANES = 16, MINMAX_CHUNK = 1 << 16 };
+
+/* torch.minimum / torch.maximum: a NaN on either side wins (and then stays). */
+static inline float nan_min(float a, float b)
+{
+    float m = a < b ? a : b;
+    return a != a ? a : m; /* written as two selects, so that it vectorizes */
+}
+
+static inline float nan_max(float a, float b)
+{
+    float m = a > b ? a : b;
+    return a != a ? a : m;
+}
+
+/* Min and max of one span in LANES independent lanes, so that the compiler keeps them in
+ * vector registers (min and max are exact in any order; a NaN sticks to its lane). */
+static void minmax_span(const float *x, int64_t n, float *lo_out, float *hi_out)
+{
+    float lo[LANES], hi[LANES];
+    for (int l = 0; l < LANES; l++) {
+        lo[l] = INFINITY;
+        hi[l] = -INFINITY;
+    }
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++) {
+            lo[l] = nan_min(x[i + l], lo[l]);
+            hi[l] = nan_max(x[i + l], hi[l]);
+        }
+    for (; i < n; i++) {
+        lo[0] = nan_min(x[i], lo[0]);
+        hi[0] = nan_max(x[i], hi[0]);
+    }
+    for (int l = 0; l < LANES; l++) {
+        *lo_out = nan_min(lo[l], *lo_out);
+        *hi_out = nan_max(hi[l], *hi_out);
+    }
+}
+
 void qat_aminmax(const float *x, int64_t n, float *min_out, float *max_out)
 {
+    const int64_t chunks = (n + MINMAX_CHUNK - 1) / MINMAX_CHUNK;
     float lo = INFINITY, hi = -INFINITY;
-    int nan = 0;
-#pragma omp parallel for reduction(min : lo) reduction(max : hi) reduction(| : nan) \
-    if (n > 65536) schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        float v = x[i];
-        lo = v < lo ? v : lo;
-        hi = v > hi ? v : hi;
-        nan |= v != v;
+    if (chunks <= 1) {
+        minmax_span(x, n, &lo, &hi);
+    } else {
+        /* Per-chunk results, combined in order (OpenMP's min/max reductions drop NaN). */
+        float part[2 * 64];
+        const int64_t per = (chunks + 63) / 64; /* chunks per part, at most 64 parts */
+        const int64_t parts = (chunks + per - 1) / per;
+#pragma omp parallel for schedule(static)
+        for (int64_t p = 0; p < parts; p++) {
+            int64_t start = p * per * MINMAX_CHUNK;
+            int64_t len = n - start < per * MINMAX_CHUNK ? n - start : per * MINMAX_CHUNK;
+            part[2 * p] = INFINITY;
+            part[2 * p + 1] = -INFINITY;
+            minmax_span(x + start, len, &part[2 * p], &part[2 * p + 1]);
+        }
+        for (int64_t p = 0; p < parts; p++) {
+            lo = nan_min(part[2 * p], lo);
+            hi = nan_max(part[2 * p + 1], hi);
+        }
     }
-    *min_out = nan ? NAN : lo; /* NaN propagates, as in torch.aminmax */
-    *max_out = nan ? NAN : hi;
+    *min_out = lo;
+    *max_out = hi;
 }
 
 /* ---- torch.histc ------------------------------------------------------------------ */
@@ -190,14 +242,8 @@ static void combine(float *new_hist, const float *old_hist, int32_t bins, int64_
     }
 }
 
-static float nan_min(float a, float b) { return isnan(a) || a < b ? a : b; }
-static float nan_max(float a, float b) { return isnan(a) || a > b ? a : b; }
-
-static float rne(float v)
-{
-    float a = fabsf(v);
-    return a < 0x1p23f ? copysignf((a + 0x1p23f) - 0x1p23f, v) : v;
-}
+/* torch.round / std::nearbyint on float32: round half to even (the default mode). */
+static float rne(float v) { return nearbyintf(v); }
 
 ag_status qat_histogram_observe(float *hist, int32_t bins, float *min_val, float *max_val,
                                 const float *x, int64_t n, void *work)

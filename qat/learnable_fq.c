@@ -23,11 +23,9 @@
 #include <math.h>
 #include <string.h>
 
-static inline float rne(float v)
-{
-    float a = fabsf(v);
-    return a < 0x1p23f ? copysignf((a + 0x1p23f) - 0x1p23f, v) : v;
-}
+/* std::nearbyint in the default rounding mode: round half to even. rintf gives the same
+ * value without saving the floating-point environment (it may raise "inexact"). */
+static inline float rne(float v) { return rintf(v); }
 
 /* (int64_t) of a float on x86: INT64_MIN when it does not fit (or is NaN). */
 static inline int64_t to_int64_x86(float v)

@@ -133,13 +133,8 @@ ag_status qat_observer_cfg_range(const qat_observer_cfg *c, int32_t *qmin, int32
 static float nan_min(float a, float b) { return isnan(a) || a < b ? a : b; }
 static float nan_max(float a, float b) { return isnan(a) || a > b ? a : b; }
 
-/* torch.round on float32: round half to even (the default rounding mode), written so
- * that it needs no libm call: adding 2^23 to |v| < 2^23 leaves no fraction bits. */
-static float rne(float v)
-{
-    float a = fabsf(v);
-    return a < 0x1p23f ? copysignf((a + 0x1p23f) - 0x1p23f, v) : v;
-}
+/* torch.round / std::nearbyint on float32: round half to even (the default mode). */
+static float rne(float v) { return nearbyintf(v); }
 
 /* Tensor.to(torch.int) on x86: out-of-range and NaN become INT32_MIN (cvttss2si). */
 static int32_t to_int32_x86(float v)

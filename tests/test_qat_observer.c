@@ -513,6 +513,31 @@ START_TEST(fake_quant_grad_is_zero_only_when_rounding_leaves_the_range)
 }
 END_TEST
 
+START_TEST(fake_quant_rounds_half_to_even_like_nearbyintf)
+{
+    /* Scale 1, zero point 0, a 2^25-wide range: y is the rounded value itself. */
+    enum { N = 2000 };
+    ag_ctx *ctx = ag_ctx_new();
+    ag_tensor *x = tu_rand(1, AG_SHAPE(N), -3e7f, 3e7f, 8, false);
+    const float special[] = {0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -2.5f, 0x1p22f + 0.5f,
+                             0x1p23f - 0.5f, -(0x1p23f - 0.5f), 0x1p23f + 1.0f, 0x1p24f,
+                             -0x1p24f, 1e-30f, -0.0f, 0.49999997f, 8388607.5f, 3.5f};
+    for (int i = 0; i < (int)(sizeof special / sizeof *special); i++)
+        x->data[i] = special[i];
+    for (int i = 100; i < 600; i++) /* halves of all sizes */
+        x->data[i] = (float)(i - 350) + 0.5f;
+    ag_tensor *y = qat_fake_quantize_per_tensor(ctx, x, 1.0f, 0, -(1 << 24), 1 << 24);
+    for (int i = 0; i < N; i++) {
+        float want = nearbyintf(x->data[i]);
+        want = want < -0x1p24f ? -0x1p24f : want > 0x1p24f ? 0x1p24f : want;
+        ck_assert_msg(y->data[i] == want, "x = %.9g: %.9g, nearbyintf %.9g", (double)x->data[i],
+                      (double)y->data[i], (double)want);
+    }
+    ag_tensor_free(x);
+    ag_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(fake_quant_large_tensor_matches_element_by_element)
 {
     /* Above the OpenMP threshold, per tensor and per channel. */
@@ -1030,6 +1055,7 @@ Suite *make_suite(void)
     tcase_add_test(unit, observer_buffers_start_like_pytorch);
     tcase_add_test(unit, placeholder_observer_has_no_qparams);
     tcase_add_test(unit, fake_quant_grad_is_zero_only_when_rounding_leaves_the_range);
+    tcase_add_test(unit, fake_quant_rounds_half_to_even_like_nearbyintf);
     tcase_add_test(unit, fake_quant_large_tensor_matches_element_by_element);
     tcase_add_test(unit, fake_quant_ops_refuse_bad_arguments);
     tcase_add_test(unit, fused_fake_quant_without_observations_refuses_to_quantize);
