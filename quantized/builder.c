@@ -255,6 +255,7 @@ int32_t q8_builder_add_node(q8_builder *b, const char *op, const char *name,
              op ? op : "(null)");
         return -1;
     }
+    Q8_ASSERT(q8_ops[o]->n_attrs <= Q8_MAX_ATTRS && q8_ops[o]->n_consts <= Q8_MAX_CONSTS);
     if (n_inputs < 0 || n_inputs > Q8_MAX_NODE_INPUTS || n_outputs < 0 || n_outputs > 1) {
         fail(b, Q8_ERR_FORMAT, "node %d (%s '%s'): %d inputs and %d outputs (at most %d and 1)",
              (int)k, op, name ? name : "", (int)n_inputs, (int)n_outputs, Q8_MAX_NODE_INPUTS);

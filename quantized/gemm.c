@@ -2,6 +2,7 @@
 #include "quantized/q8_impl.h"
 
 #include <inttypes.h>
+#include <omp.h>
 #include <stdlib.h>
 
 q8_gemm_kernel q8_gemm_choose(void)
@@ -17,18 +18,19 @@ q8_gemm_kernel q8_gemm_choose(void)
 enum { TILE_M = 64, TILE_N = 64 };
 
 void q8_gemm(q8_gemm_kernel kernel, int64_t m, int64_t n, int64_t kp, const uint8_t *a,
-             int64_t lda, const int16_t *b, const int32_t *bias, int32_t *c, int64_t ldc)
+             int64_t lda, const int16_t *b, const int32_t *bias, int32_t *c, int64_t rs,
+             int64_t cs)
 {
     q8_gemm_fn fn = kernel == Q8_GEMM_AVX2 ? q8_gemm_avx2 : q8_gemm_reference;
     int64_t tiles_n = (n + TILE_N - 1) / TILE_N;
     int64_t tiles = (m + TILE_M - 1) / TILE_M * tiles_n;
-#pragma omp parallel for schedule(static) if (tiles > 1 && m * n * kp > 65536)
+#pragma omp parallel for schedule(static) if (tiles > 1 && m * n * kp > 65536 && !omp_in_parallel())
     for (int64_t t = 0; t < tiles; t++) {
         int64_t i0 = t / tiles_n * TILE_M, j0 = t % tiles_n * TILE_N;
         int64_t mm = m - i0 < TILE_M ? m - i0 : TILE_M;
         int64_t nn = n - j0 < TILE_N ? n - j0 : TILE_N;
         fn(mm, nn, kp, a + i0 * lda, lda, b + j0 * kp, bias ? bias + j0 : NULL,
-           c + i0 * ldc + j0, ldc);
+           c + i0 * rs + j0 * cs, rs, cs);
     }
 }
 
@@ -69,9 +71,8 @@ q8_status q8_pack_weights(const q8_node *node, const int8_t *w, int64_t n, int64
         }
         for (int64_t i = k; i < kp; i++)
             pr[i] = 0;
-        int64_t folded = (bias ? bias[j] : 0) - (int64_t)zp_u8 * sum;
-        int64_t reach = 255 * abs_sum + (folded < 0 ? -folded : folded);
-        if (reach > INT32_MAX) {
+        int64_t b = bias ? bias[j] : 0, folded = b - (int64_t)zp_u8 * sum;
+        if (q8_acc_overflows(abs_sum, b, folded)) {
             q8_packed_free(out);
             return q8_node_error(node, Q8_ERR_NUMERIC,
                                  "output channel %" PRId64 ": the int32 accumulator could "

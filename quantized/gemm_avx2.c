@@ -63,9 +63,22 @@ Q8_AVX2 static inline __m128i add_bias(__m128i s, const int32_t *bias)
     return bias ? _mm_add_epi32(s, _mm_loadu_si128((const __m128i *)bias)) : s;
 }
 
-/* c[0..2)[0..4) for rows a0, a1 and the 4 packed columns starting at b. */
+/* Four results of one row at columns j..j+3: contiguous, or cs apart (transposed C). */
+Q8_AVX2 static inline void store4(int32_t *c, int64_t cs, __m128i v)
+{
+    if (cs == 1) {
+        _mm_storeu_si128((__m128i *)c, v);
+        return;
+    }
+    c[0] = _mm_cvtsi128_si32(v);
+    c[cs] = _mm_extract_epi32(v, 1);
+    c[2 * cs] = _mm_extract_epi32(v, 2);
+    c[3 * cs] = _mm_extract_epi32(v, 3);
+}
+
+/* c0[0..4), c1[0..4) (cs apart) for rows a0, a1 and the 4 packed columns at b. */
 Q8_AVX2 static void tile_2x4(int64_t kp, const uint8_t *a0, const uint8_t *a1, const int16_t *b,
-                             const int32_t *bias, int32_t *c0, int32_t *c1)
+                             const int32_t *bias, int32_t *c0, int32_t *c1, int64_t cs)
 {
     const int16_t *b0 = b, *b1 = b + kp, *b2 = b + 2 * kp, *b3 = b + 3 * kp;
     __m256i s00 = _mm256_setzero_si256(), s01 = s00, s02 = s00, s03 = s00;
@@ -85,12 +98,12 @@ Q8_AVX2 static void tile_2x4(int64_t kp, const uint8_t *a0, const uint8_t *a1, c
         s03 = madd_acc(s03, x0, w);
         s13 = madd_acc(s13, x1, w);
     }
-    _mm_storeu_si128((__m128i *)c0, add_bias(hsum4(s00, s01, s02, s03), bias));
-    _mm_storeu_si128((__m128i *)c1, add_bias(hsum4(s10, s11, s12, s13), bias));
+    store4(c0, cs, add_bias(hsum4(s00, s01, s02, s03), bias));
+    store4(c1, cs, add_bias(hsum4(s10, s11, s12, s13), bias));
 }
 
 Q8_AVX2 static void tile_1x4(int64_t kp, const uint8_t *a0, const int16_t *b, const int32_t *bias,
-                             int32_t *c0)
+                             int32_t *c0, int64_t cs)
 {
     const int16_t *b0 = b, *b1 = b + kp, *b2 = b + 2 * kp, *b3 = b + 3 * kp;
     __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
@@ -101,7 +114,7 @@ Q8_AVX2 static void tile_1x4(int64_t kp, const uint8_t *a0, const int16_t *b, co
         s2 = madd_acc(s2, x0, load_b(b2 + k));
         s3 = madd_acc(s3, x0, load_b(b3 + k));
     }
-    _mm_storeu_si128((__m128i *)c0, add_bias(hsum4(s0, s1, s2, s3), bias));
+    store4(c0, cs, add_bias(hsum4(s0, s1, s2, s3), bias));
 }
 
 Q8_AVX2 static int32_t dot_1x1(int64_t kp, const uint8_t *a0, const int16_t *b0)
@@ -113,32 +126,34 @@ Q8_AVX2 static int32_t dot_1x1(int64_t kp, const uint8_t *a0, const int16_t *b0)
 }
 
 Q8_AVX2 static void row_tail(int64_t n, int64_t j, int64_t kp, const uint8_t *ar,
-                             const int16_t *b, const int32_t *bias, int32_t *cr)
+                             const int16_t *b, const int32_t *bias, int32_t *cr, int64_t cs)
 {
     for (; j < n; j++)
-        cr[j] = (bias ? bias[j] : 0) + dot_1x1(kp, ar, b + j * kp);
+        cr[j * cs] = (bias ? bias[j] : 0) + dot_1x1(kp, ar, b + j * kp);
 }
 
 Q8_AVX2 void q8_gemm_avx2(int64_t m, int64_t n, int64_t kp, const uint8_t *a, int64_t lda,
-                          const int16_t *b, const int32_t *bias, int32_t *c, int64_t ldc)
+                          const int16_t *b, const int32_t *bias, int32_t *c, int64_t rs,
+                          int64_t cs)
 {
     int64_t i = 0;
     for (; i + 2 <= m; i += 2) {
         const uint8_t *a0 = a + i * lda, *a1 = a0 + lda;
-        int32_t *c0 = c + i * ldc, *c1 = c0 + ldc;
+        int32_t *c0 = c + i * rs, *c1 = c0 + rs;
         int64_t j = 0;
         for (; j + 4 <= n; j += 4)
-            tile_2x4(kp, a0, a1, b + j * kp, bias ? bias + j : NULL, c0 + j, c1 + j);
-        row_tail(n, j, kp, a0, b, bias, c0);
-        row_tail(n, j, kp, a1, b, bias, c1);
+            tile_2x4(kp, a0, a1, b + j * kp, bias ? bias + j : NULL, c0 + j * cs, c1 + j * cs,
+                     cs);
+        row_tail(n, j, kp, a0, b, bias, c0, cs);
+        row_tail(n, j, kp, a1, b, bias, c1, cs);
     }
     for (; i < m; i++) {
         const uint8_t *a0 = a + i * lda;
-        int32_t *c0 = c + i * ldc;
+        int32_t *c0 = c + i * rs;
         int64_t j = 0;
         for (; j + 4 <= n; j += 4)
-            tile_1x4(kp, a0, b + j * kp, bias ? bias + j : NULL, c0 + j);
-        row_tail(n, j, kp, a0, b, bias, c0);
+            tile_1x4(kp, a0, b + j * kp, bias ? bias + j : NULL, c0 + j * cs, cs);
+        row_tail(n, j, kp, a0, b, bias, c0, cs);
     }
 }
 
@@ -147,9 +162,9 @@ Q8_AVX2 void q8_gemm_avx2(int64_t m, int64_t n, int64_t kp, const uint8_t *a, in
 bool q8_gemm_avx2_available(void) { return false; }
 
 void q8_gemm_avx2(int64_t m, int64_t n, int64_t kp, const uint8_t *a, int64_t lda,
-                  const int16_t *b, const int32_t *bias, int32_t *c, int64_t ldc)
+                  const int16_t *b, const int32_t *bias, int32_t *c, int64_t rs, int64_t cs)
 {
-    q8_gemm_reference(m, n, kp, a, lda, b, bias, c, ldc);
+    q8_gemm_reference(m, n, kp, a, lda, b, bias, c, rs, cs);
 }
 
 #endif

@@ -3,7 +3,8 @@
 #include "quantized/q8_impl.h"
 
 void q8_gemm_reference(int64_t m, int64_t n, int64_t kp, const uint8_t *a, int64_t lda,
-                       const int16_t *b, const int32_t *bias, int32_t *c, int64_t ldc)
+                       const int16_t *b, const int32_t *bias, int32_t *c, int64_t rs,
+                       int64_t cs)
 {
     for (int64_t i = 0; i < m; i++) {
         const uint8_t *ar = a + i * lda; // (kp)
@@ -12,7 +13,7 @@ void q8_gemm_reference(int64_t m, int64_t n, int64_t kp, const uint8_t *a, int64
             int32_t acc = bias ? bias[j] : 0;
             for (int64_t k = 0; k < kp; k++)
                 acc += (int32_t)ar[k] * (int32_t)br[k];
-            c[i * ldc + j] = acc;
+            c[i * rs + j * cs] = acc;
         }
     }
 }

@@ -393,10 +393,14 @@ static herr_t read_node_link(hid_t g, const char *name, const H5L_info_t *info, 
     return c->st == Q8_OK ? 0 : 1;
 }
 
+_Static_assert(Q8_MAX_GRAPH_IO <= Q8_MAX_NODE_INPUTS, "read_ids buffer");
+
+/* An id list of 1..max (<= Q8_MAX_NODE_INPUTS) entries, each a valid int32. */
 static q8_status read_ids(hid_t g, const char *where, const char *name, int32_t *ids, int64_t max,
                           int32_t *n)
 {
     int64_t v[Q8_MAX_NODE_INPUTS] = {0}, count = 0;
+    Q8_ASSERT(max <= Q8_MAX_NODE_INPUTS);
     q8_status st = read_ints(g, where, name, v, max, &count);
     for (int64_t i = 0; st == Q8_OK && i < count; i++) {
         if (v[i] < 0 || v[i] > INT32_MAX)

@@ -2,6 +2,7 @@
 #include "quantized/q8_impl.h"
 
 #include <inttypes.h>
+#include <omp.h>
 #include <stdarg.h>
 #include <stdlib.h>
 
@@ -191,6 +192,21 @@ q8_status q8_model_validate(q8_model *m)
     return st;
 }
 
+q8_status q8_model_scratch_reserve(q8_model *m)
+{
+    int threads = omp_get_max_threads();
+    if (m->scratch_bytes == 0 || threads <= m->scratch_threads)
+        return Q8_OK;
+    uint8_t *p = q8_alloc(m->scratch_bytes * (size_t)threads);
+    if (!p)
+        return q8_error(Q8_ERR_NOMEM, "cannot allocate %zu bytes of scratch for %d threads",
+                        m->scratch_bytes * (size_t)threads, threads);
+    q8_free(m->scratch);
+    m->scratch = p;
+    m->scratch_threads = threads;
+    return Q8_OK;
+}
+
 q8_status q8_model_prepare(q8_model *m)
 {
     size_t scratch = 0;
@@ -205,13 +221,8 @@ q8_status q8_model_prepare(q8_model *m)
         if (n->scratch_bytes > scratch)
             scratch = n->scratch_bytes;
     }
-    if (scratch) {
-        m->scratch = q8_alloc(scratch);
-        if (!m->scratch)
-            return q8_error(Q8_ERR_NOMEM, "cannot allocate %zu bytes of scratch", scratch);
-        m->scratch_bytes = scratch;
-    }
-    return Q8_OK;
+    m->scratch_bytes = (scratch + 63) / 64 * 64;
+    return q8_model_scratch_reserve(m);
 }
 
 /* ---- accessors ---- */

@@ -78,8 +78,9 @@ void q8_model_free(q8_model *m);
 /* The single float input and output of the common model shape ("quantize first,
  * dequantize last"): copies `batch` items from `input` (N, ...) and writes `output`
  * (N, ...), both float32 row-major. Fails with Q8_ERR_STATE if the model has several
- * inputs/outputs or non-float ones (use q8_model_run_values then). The first run with a
- * larger batch than any before grows the activation buffers; other runs allocate nothing. */
+ * inputs/outputs or non-float ones (use q8_model_run_values then). Runs allocate nothing,
+ * except the first run with a larger batch than any before (the activation buffers grow to
+ * it) or with more OpenMP threads than at load (one scratch block per thread). */
 q8_status q8_model_run(q8_model *m, const float *input, int64_t batch, float *output);
 
 /* General run: inputs[i] points to the i-th graph input, `batch` items in its dtype.
@@ -263,7 +264,8 @@ q8_status q8_multiplier_from_real(double real, int32_t *m0, int32_t *shift);
 
 /* round_half_even(x * m0 / 2^shift) computed exactly from the 64-bit product: one
  * rounding, no intermediate one (the double-rounding trap of TFLite's old
- * SaturatingRoundingDoublingHighMul + RoundingDivideByPOT). |x * m0| must be < 2^63. */
+ * SaturatingRoundingDoublingHighMul + RoundingDivideByPOT). Requires m0 >= 0,
+ * shift in [0, 63] and |x * m0| <= 2^62 (every op stays far below); asserts otherwise. */
 int64_t q8_requantize(int64_t x, int32_t m0, int32_t shift);
 
 /* PyTorch's quantize_per_tensor of one float: clamp(zp + round_half_even(x * f32(1/s))),

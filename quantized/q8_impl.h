@@ -95,8 +95,9 @@ struct q8_model {
     int64_t cap_batch;  /* the arena holds this many items of every value */
     int64_t batch;      /* of the last successful run; 0 before */
     uint8_t *arena;
-    uint8_t *scratch;   /* max over nodes of scratch_bytes, 64-byte aligned */
-    size_t scratch_bytes;
+    uint8_t *scratch;     /* scratch_threads blocks of scratch_bytes (64-byte aligned) */
+    size_t scratch_bytes; /* per thread: the max over nodes of their scratch_bytes */
+    int scratch_threads;
 };
 
 typedef struct q8_attr_spec {
@@ -143,6 +144,14 @@ static inline void *q8_value_data(const q8_model *m, int32_t id)
 {
     return m->arena + m->values[id].offset;
 }
+/* Thread t's scratch block (t < scratch_threads; q8_model_run_values grows the blocks
+ * when OpenMP is given more threads than at load). */
+static inline uint8_t *q8_scratch(const q8_model *m, int t)
+{
+    return m->scratch + (size_t)t * m->scratch_bytes;
+}
+/* Grows the scratch to one block per OpenMP thread. */
+q8_status q8_model_scratch_reserve(q8_model *m);
 static inline const q8_value *q8_in(const q8_model *m, const q8_node *n, int32_t i)
 {
     return &m->values[n->in[i]];
@@ -199,24 +208,23 @@ static inline int64_t q8_clamp64(int64_t v, int64_t lo, int64_t hi)
     return v < lo ? lo : v > hi ? hi : v;
 }
 
-/* floor(p / 2^n) without relying on how >> treats negative numbers. */
-static inline int64_t q8_floor_shift(int64_t p, int32_t n)
-{
-    return p >= 0 ? p >> n : -((-(p + 1)) >> n) - 1;
-}
+/* >> of a negative number is implementation-defined in C; every compiler cqat targets
+ * shifts arithmetically (floor), which the rounding below relies on. */
+_Static_assert((-3 >> 1) == -2 && (INT64_C(-3) >> 1) == -2, "arithmetic right shift needed");
 
-/* round_half_even(x * m0 / 2^shift), from the exact 64-bit product (see q8.h). */
+/* floor(p / 2^n). */
+static inline int64_t q8_floor_shift(int64_t p, int32_t n) { return p >> n; }
+
+/* round_half_even(x * m0 / 2^shift), from the exact 64-bit product (see q8.h), without
+ * branches: with p = q * 2^n + r, adding 2^(n-1) - 1 + (q & 1) carries into q exactly
+ * when r > 2^(n-1), or r = 2^(n-1) and q is odd. Needs |p| < 2^62. */
 static inline int64_t q8_rq(int64_t x, int32_t m0, int32_t shift)
 {
     int64_t p = x * (int64_t)m0;
     if (shift == 0)
         return p;
-    int64_t q = q8_floor_shift(p, shift);
-    uint64_t rem = (uint64_t)p & ((UINT64_C(1) << shift) - 1);
-    uint64_t half = UINT64_C(1) << (shift - 1);
-    if (rem > half || (rem == half && (q & 1)))
-        q += 1;
-    return q;
+    int64_t half = INT64_C(1) << (shift - 1);
+    return (p + (half - 1) + ((p >> shift) & 1)) >> shift;
 }
 
 /* round_half_even(x * m0 / (d * 2^shift)) exactly, d >= 1, |x * m0| < 2^63: the average
@@ -279,6 +287,24 @@ static inline int32_t q8_quantize_inv(float x, float inv, int32_t zp, int32_t qm
 int64_t q8_window_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad,
                            int64_t dilation, bool ceil_mode);
 
+/* A row of requantized outputs: out[i] = clamp(zp + rq(acc[i], m0[k], shift[k]), lo, hi)
+ * as bytes, with k = i (step 1, per element) or 0 (step 0). The AVX2 kernel gives the
+ * same bytes; q8_requant picks by the model's kernel choice. */
+void q8_requant_reference(const int32_t *acc, int64_t n, const int32_t *m0,
+                          const int32_t *shift, int64_t step, int32_t zp, int32_t lo,
+                          int32_t hi, uint8_t *out);
+void q8_requant_avx2(const int32_t *acc, int64_t n, const int32_t *m0, const int32_t *shift,
+                     int64_t step, int32_t zp, int32_t lo, int32_t hi, uint8_t *out);
+static inline void q8_requant(q8_gemm_kernel kernel, const int32_t *acc, int64_t n,
+                              const int32_t *m0, const int32_t *shift, int64_t step, int32_t zp,
+                              int32_t lo, int32_t hi, uint8_t *out)
+{
+    if (kernel == Q8_GEMM_AVX2)
+        q8_requant_avx2(acc, n, m0, shift, step, zp, lo, hi, out);
+    else
+        q8_requant_reference(acc, n, m0, shift, step, zp, lo, hi, out);
+}
+
 /* Output bounds of a fused activation on `out`. */
 void q8_act_bounds(q8_act act, q8_qparams out, int32_t *lo, int32_t *hi);
 /* The scalar bias quantization of q8_weights (q8.h); Q8_ERR_NUMERIC if out of int32. */
@@ -298,22 +324,27 @@ enum { Q8_ADD_LEFT_SHIFT = 20 };
 /* K padded to the kernels' step: A rows and packed B rows hold kp bytes/shorts. */
 static inline int64_t q8_gemm_kp(int64_t k) { return (k + 15) / 16 * 16; }
 
-/* C[i*ldc + j] = bias[j] + sum_{k<kp} A[i*lda + k] * B[j*kp + k] for i < m, j < n.
+/* C[i*rs + j*cs] = bias[j] + sum_{k<kp} A[i*lda + k] * B[j*kp + k] for i < m, j < n.
  * A uint8 (already shifted to unsigned: an int8 activation is stored as q + 128), B the
  * int8 weights widened to int16 and zero padded to kp (a multiple of 16), bias may be
- * NULL. Exact int32 arithmetic as long as no partial sum leaves int32 (q8_pack_weights
- * refuses weights that could). The reference and the AVX2 kernel give identical
- * results; q8_gemm splits the work into tiles over OpenMP threads. */
+ * NULL. (rs, cs) = (n, 1) stores C row-major; (1, m) stores its transpose, which conv2d
+ * uses so that each output channel's results are contiguous. Exact int32 arithmetic as
+ * long as no partial sum leaves int32 (q8_pack_weights refuses weights that could). The
+ * reference and the AVX2 kernel give identical results; q8_gemm splits the work into
+ * tiles over OpenMP threads. */
 typedef void (*q8_gemm_fn)(int64_t m, int64_t n, int64_t kp, const uint8_t *a, int64_t lda,
-                           const int16_t *b, const int32_t *bias, int32_t *c, int64_t ldc);
+                           const int16_t *b, const int32_t *bias, int32_t *c, int64_t rs,
+                           int64_t cs);
 void q8_gemm_reference(int64_t m, int64_t n, int64_t kp, const uint8_t *a, int64_t lda,
-                       const int16_t *b, const int32_t *bias, int32_t *c, int64_t ldc);
+                       const int16_t *b, const int32_t *bias, int32_t *c, int64_t rs,
+                       int64_t cs);
 void q8_gemm_avx2(int64_t m, int64_t n, int64_t kp, const uint8_t *a, int64_t lda,
-                  const int16_t *b, const int32_t *bias, int32_t *c, int64_t ldc);
+                  const int16_t *b, const int32_t *bias, int32_t *c, int64_t rs, int64_t cs);
 bool q8_gemm_avx2_available(void);
 q8_gemm_kernel q8_gemm_choose(void); /* CPU + CQAT_Q8_GEMM */
 void q8_gemm(q8_gemm_kernel kernel, int64_t m, int64_t n, int64_t kp, const uint8_t *a,
-             int64_t lda, const int16_t *b, const int32_t *bias, int32_t *c, int64_t ldc);
+             int64_t lda, const int16_t *b, const int32_t *bias, int32_t *c, int64_t rs,
+             int64_t cs);
 
 /* Weights packed for q8_gemm, with the input zero point folded into the bias:
  * bias[j] = b_q[j] - zp_u8 * sum_k W[j][k] (gemmlowp's rank-one correction, XNNPACK's
@@ -324,8 +355,15 @@ typedef struct q8_packed {
     int32_t *bias; /* (n) */
     int32_t *wsum; /* (n): sum_k W[j][k] */
 } q8_packed;
+/* The int32 accumulator rule shared by every kernel (docs/FORMAT.md, conv2d): the sums
+ * stay in int32 if 255 * sum|W| + max(|b_q|, |b_q - zp_u8 * sum W|) does. */
+static inline bool q8_acc_overflows(int64_t abs_sum, int64_t bias, int64_t folded)
+{
+    int64_t b = bias < 0 ? -bias : bias, f = folded < 0 ? -folded : folded;
+    return 255 * abs_sum + (b > f ? b : f) > INT32_MAX;
+}
 /* `bias` (n) may be NULL (zero). Fails (Q8_ERR_NUMERIC, naming the node and the output
- * channel) when 255 * sum_k |W[j][k]| + |bias[j]| could leave int32. */
+ * channel) when q8_acc_overflows. */
 q8_status q8_pack_weights(const q8_node *node, const int8_t *w, int64_t n, int64_t k,
                           const int32_t *bias, int32_t zp_u8, q8_packed *out);
 void q8_packed_free(q8_packed *p);

@@ -57,13 +57,24 @@ q8_status q8_multiplier_from_real(double real, int32_t *m0, int32_t *shift)
 
 int64_t q8_requantize(int64_t x, int32_t m0, int32_t shift)
 {
-    Q8_ASSERT(shift >= 0 && shift <= 63);
+    Q8_ASSERT(shift >= 0 && shift <= 63 && m0 >= 0);
+    Q8_ASSERT(m0 == 0 || (x < 0 ? -(x + 1) : x) < (INT64_C(1) << 62) / m0 + 1);
     return q8_rq(x, m0, shift);
 }
 
 int32_t q8_quantize_value(float x, float scale, int32_t zero_point, q8_dtype dtype)
 {
     return q8_quantize_inv(x, 1.0f / scale, zero_point, q8_qmin(dtype), q8_qmax(dtype));
+}
+
+void q8_requant_reference(const int32_t *acc, int64_t n, const int32_t *m0,
+                          const int32_t *shift, int64_t step, int32_t zp, int32_t lo,
+                          int32_t hi, uint8_t *out)
+{
+    for (int64_t i = 0; i < n; i++) {
+        int64_t k = step ? i : 0;
+        out[i] = q8_rq_byte(acc[i], m0[k], shift[k], zp, lo, hi);
+    }
 }
 
 void q8_act_bounds(q8_act act, q8_qparams out, int32_t *lo, int32_t *hi)

@@ -45,6 +45,8 @@ q8_status q8_model_run_values(q8_model *m, const void *const *inputs, int64_t ba
     if (!m || !inputs)
         return q8_error(Q8_ERR_ARG, "q8_model_run_values: model or inputs is NULL");
     q8_status st = q8_model_reserve(m, batch);
+    if (st == Q8_OK)
+        st = q8_model_scratch_reserve(m);
     if (st != Q8_OK)
         return st;
     m->batch = 0;

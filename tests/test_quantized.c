@@ -1,6 +1,1759 @@
-/* STUB: tests for quantized to be written. */
+/* test_quantized.c — the integer runtime (quantized/): requantization arithmetic, the
+ * int8 GEMM kernels, every op against a reference computed here from its formula, the
+ * builder, save/load, and malformed files crafted with the HDF5 C API.
+ *
+ * Links only quantized/ and Check (the runtime stands alone). */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L
+#endif
 #include <check.h>
+#include <float.h>
+#include <hdf5.h>
+#include <inttypes.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "quantized/builder.h"
+#include "quantized/q8.h"
+#include "quantized/q8_impl.h"
+
 Suite *make_suite(void);
-START_TEST(placeholder) { ck_assert_int_eq(1, 1); }
+
+/* ---------------------------------------------------------------------------------
+ * helpers
+ * ------------------------------------------------------------------------------- */
+
+typedef struct rng {
+    uint64_t s;
+} rng;
+
+static uint64_t rng_next(rng *r)
+{
+    uint64_t z = (r->s += UINT64_C(0x9E3779B97F4A7C15));
+    z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+    return z ^ (z >> 31);
+}
+
+static int64_t rng_int(rng *r, int64_t lo, int64_t hi) /* [lo, hi] */
+{
+    return lo + (int64_t)(rng_next(r) % (uint64_t)(hi - lo + 1));
+}
+
+static float rng_float(rng *r, float lo, float hi)
+{
+    return lo + (hi - lo) * (float)((double)(rng_next(r) >> 11) / 9007199254740992.0);
+}
+
+static void fill_bytes(rng *r, uint8_t *p, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        p[i] = (uint8_t)rng_next(r);
+}
+
+static void fill_weights(rng *r, int8_t *p, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        p[i] = (int8_t)rng_int(r, -128, 127);
+}
+
+/* The integer stored in a u8/i8 byte. */
+static int32_t qv(const uint8_t *p, int64_t i, q8_dtype dt)
+{
+    return dt == Q8_U8 ? p[i] : (int8_t)p[i];
+}
+
+#define CK_Q8(call) ck_assert_msg((call) == Q8_OK, "%s failed: %s", #call, q8_last_error())
+
+/* Expects `m == NULL` from a failed build/load whose message contains `needle`. */
+#define CK_FAILS_WITH(m, status, needle)                                                  \
+    do {                                                                                  \
+        ck_assert_msg((m) == NULL, "expected a failure mentioning \"%s\"", (needle));     \
+        ck_assert_msg(strstr(q8_last_error(), (needle)) != NULL,                          \
+                      "message \"%s\" lacks \"%s\"", q8_last_error(), (needle));          \
+        ck_assert_msg(q8_last_status() == (status), "status %s, expected %s (%s)",        \
+                      q8_status_name(q8_last_status()), q8_status_name(status),           \
+                      q8_last_error());                                                   \
+    } while (0)
+
+/* Runs a finished single-input model on `input` and returns its output value. */
+static const void *run1(q8_model *m, const void *input, int64_t batch, q8_value_info *out)
+{
+    const void *in[1] = {input};
+    CK_Q8(q8_model_run_values(m, in, batch));
+    CK_Q8(q8_model_value(m, q8_model_output_id(m, 0), out));
+    return out->data;
+}
+
+static int32_t find_value(const q8_model *m, const char *name)
+{
+    for (int32_t i = 0; i < q8_model_n_values(m); i++) {
+        q8_value_info v;
+        if (q8_model_value(m, i, &v) == Q8_OK && strcmp(v.name, name) == 0)
+            return i;
+    }
+    ck_abort_msg("no value named %s", name);
+    return -1;
+}
+
+static char *make_tmpdir(void)
+{
+    static char dir[64];
+    snprintf(dir, sizeof dir, "/tmp/q8test-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    return dir;
+}
+
+__extension__ typedef __int128 i128;
+
+/* round_half_even(num / 2^shift) exactly, via long double (64-bit mantissa). */
+static int64_t exact_rq(int64_t x, int32_t m0, int32_t shift)
+{
+    long double v = ldexpl((long double)x * (long double)m0, -shift);
+    long double f = floorl(v), frac = v - f;
+    int64_t q = (int64_t)f;
+    if (frac > 0.5L || (frac == 0.5L && (q & 1)))
+        q++;
+    return q;
+}
+
+/* ---------------------------------------------------------------------------------
+ * requantization arithmetic
+ * ------------------------------------------------------------------------------- */
+
+/* TFLite's old double rounding (SaturatingRoundingDoublingHighMul, then
+ * RoundingDivideByPOT rounding half away from zero), here only to show the trap. */
+static int64_t tflite_double_rounding(int32_t x, int32_t m0, int exponent_shift)
+{
+    int64_t ab = (int64_t)x * m0;
+    int64_t nudge = ab >= 0 ? (INT64_C(1) << 30) : 1 - (INT64_C(1) << 30);
+    int64_t high = (ab + nudge) / (INT64_C(1) << 31);
+    int64_t mask = (INT64_C(1) << exponent_shift) - 1, rem = high & mask;
+    int64_t threshold = (mask >> 1) + (high < 0 ? 1 : 0);
+    return (high >> exponent_shift) + (rem > threshold ? 1 : 0);
+}
+
+START_TEST(requantize_single_rounding_avoids_the_double_rounding_golden_case)
+{
+    /* c_codebases_study §2.9: x = 7984, M0 = 1583594044, shift -9 (TFLite) is
+     * 7984 * M0 / 2^40 = 11.499...: one rounding gives 11, rounding twice gives 12. */
+    ck_assert_int_eq(q8_requantize(7984, 1583594044, 31 + 9), 11);
+    ck_assert_int_eq(tflite_double_rounding(7984, 1583594044, 9), 12);
+    ck_assert_int_eq(q8_requantize(-7984, 1583594044, 40), -11);
+}
 END_TEST
-Suite *make_suite(void) { Suite *s = suite_create("quantized"); TCase *tc = tcase_create("q"); tcase_add_test(tc, placeholder); suite_add_tcase(s, tc); return s; }
+
+START_TEST(requantize_breaks_exact_ties_to_even)
+{
+    /* M = 2^30 / 2^31 = 0.5: x/2 */
+    const int64_t x[] = {1, 3, 5, 7, -1, -3, -5, -7, 2, -2};
+    const int64_t want[] = {0, 2, 2, 4, 0, -2, -2, -4, 1, -1};
+    for (size_t i = 0; i < sizeof x / sizeof x[0]; i++)
+        ck_assert_int_eq(q8_requantize(x[i], 1 << 30, 31), want[i]);
+    /* 2.5 and 3.5 through a multiplier of 0.625 * 2^-2: 4 * 0.625 / 1 = 2.5 -> 2 */
+    ck_assert_int_eq(q8_requantize(4, 1342177280, 31), 2);     /* 2.5 -> 2 */
+    ck_assert_int_eq(q8_requantize(-4, 1342177280, 31), -2);   /* -2.5 -> -2 */
+    ck_assert_int_eq(q8_requantize(12, 1342177280, 32), 4);    /* 3.75 -> 4 */
+    ck_assert_int_eq(q8_requantize(-12, 1342177280, 32), -4);  /* -3.75 -> -4 */
+}
+END_TEST
+
+START_TEST(requantize_handles_shift_zero_and_large_shifts)
+{
+    ck_assert_int_eq(q8_requantize(-123, 1 << 30, 0), -123 * (INT64_C(1) << 30));
+    /* 2^62 / 2^63 = 0.5 -> 0 (even); / 2^62 = 1 */
+    ck_assert_int_eq(q8_requantize(INT64_C(1) << 32, 1 << 30, 63), 0);
+    ck_assert_int_eq(q8_requantize(INT64_C(1) << 32, 1 << 30, 62), 1);
+    ck_assert_int_eq(q8_requantize(-(INT64_C(1) << 32), 1 << 30, 63), 0);
+    ck_assert_int_eq(q8_requantize(-(INT64_C(1) << 32), 1 << 30, 62), -1);
+    /* just above and at a half at shift 62 */
+    ck_assert_int_eq(q8_requantize((INT64_C(1) << 31) + 1, 1 << 30, 62), 1);
+    ck_assert_int_eq(q8_requantize(INT64_C(1) << 31, 1 << 30, 62), 0);
+    ck_assert_int_eq(q8_requantize(-(INT64_C(1) << 31) - 1, 1 << 30, 62), -1);
+    ck_assert_int_eq(q8_requantize(INT32_MAX, INT32_MAX, 63), 0);
+    ck_assert_int_eq(q8_requantize(INT32_MIN, INT32_MAX, 61), -2); /* -1.99999999953 */
+    ck_assert_int_eq(q8_requantize(INT32_MIN, INT32_MAX, 62), -1); /* -0.99999999977 */
+}
+END_TEST
+
+START_TEST(requantize_equals_exact_rounding_on_random_inputs)
+{
+    ck_assert_int_ge(LDBL_MANT_DIG, 64);
+    rng r = {1};
+    for (int i = 0; i < 200000; i++) {
+        int64_t x = rng_int(&r, INT32_MIN, INT32_MAX) >> rng_int(&r, 0, 31);
+        int32_t m0 = (int32_t)rng_int(&r, INT64_C(1) << 30, INT32_MAX);
+        int32_t shift = (int32_t)rng_int(&r, 0, 63);
+        if (i % 4 == 0) /* land exactly on ties: x*m0 = (2k+1) * 2^(shift-1) */
+            shift = (int32_t)rng_int(&r, 1, 40), m0 = 1 << 30, x = (x | 1) * 2;
+        ck_assert_msg(q8_requantize(x, m0, shift) == exact_rq(x, m0, shift),
+                      "x=%" PRId64 " m0=%d shift=%d: %" PRId64 " vs exact %" PRId64, x, m0, shift,
+                      q8_requantize(x, m0, shift), exact_rq(x, m0, shift));
+    }
+}
+END_TEST
+
+START_TEST(rq_div_is_one_exact_half_even_rounding_of_the_quotient)
+{
+    rng r = {2};
+    for (int i = 0; i < 200000; i++) {
+        int64_t x = rng_int(&r, -(INT64_C(1) << 30), INT64_C(1) << 30) >> rng_int(&r, 0, 28);
+        int32_t m0 = (int32_t)rng_int(&r, INT64_C(1) << 30, INT32_MAX);
+        int32_t shift = (int32_t)rng_int(&r, 0, 63);
+        int64_t d = rng_int(&r, 1, i % 2 ? 9 : 1 << 22);
+        if (i % 3 == 0) /* the pools' usual case: equal qparams, M = 1 */
+            m0 = 1 << 30, shift = 30;
+        /* exact: floor division of x*m0 by d*2^shift in 128 bits, then the half rule */
+        i128 num = (i128)x * m0, den = (i128)d << shift;
+        i128 fl = num / den - ((num % den != 0) && (num < 0));
+        i128 twice_rem = 2 * (num - fl * den);
+        int64_t q = (int64_t)fl + (twice_rem > den || (twice_rem == den && ((int64_t)fl & 1)));
+        ck_assert_msg(q8_rq_div(x, m0, shift, d) == q,
+                      "x=%" PRId64 " m0=%d shift=%d d=%" PRId64 ": %" PRId64 " vs %" PRId64, x, m0,
+                      shift, d, q8_rq_div(x, m0, shift, d), q);
+    }
+    /* the mean of equal qparams: 9/6 = 1.5 -> 2, 15/6 = 2.5 -> 2, -9/6 -> -2 */
+    ck_assert_int_eq(q8_rq_div(9, 1 << 30, 30, 6), 2);
+    ck_assert_int_eq(q8_rq_div(15, 1 << 30, 30, 6), 2);
+    ck_assert_int_eq(q8_rq_div(-9, 1 << 30, 30, 6), -2);
+    ck_assert_int_eq(q8_rq_div(3, 1 << 30, 30, 6), 0);
+    ck_assert_int_eq(q8_rq_div(4, 1 << 30, 30, 6), 1);
+}
+END_TEST
+
+START_TEST(multiplier_below_one_is_normalized_into_2p30_2p31)
+{
+    int32_t m0 = 0, sh = 0;
+    CK_Q8(q8_multiplier_from_real(0.5, &m0, &sh));
+    ck_assert_int_eq(m0, 1 << 30);
+    ck_assert_int_eq(sh, 31);
+    CK_Q8(q8_multiplier_from_real(0.75, &m0, &sh));
+    ck_assert_int_eq(m0, 1610612736);
+    ck_assert_int_eq(sh, 31);
+    CK_Q8(q8_multiplier_from_real(0.001, &m0, &sh));
+    ck_assert_int_eq(sh, 31 + 9); /* 0.001 = 0.512 * 2^-9 */
+    ck_assert_int_eq(m0, (int32_t)nearbyint(0.512 * 2147483648.0));
+}
+END_TEST
+
+START_TEST(multiplier_at_least_one_uses_small_shifts)
+{
+    int32_t m0 = 0, sh = 0;
+    CK_Q8(q8_multiplier_from_real(1.0, &m0, &sh));
+    ck_assert_int_eq(m0, 1 << 30);
+    ck_assert_int_eq(sh, 30);
+    CK_Q8(q8_multiplier_from_real(3.5, &m0, &sh));
+    ck_assert_int_eq(m0, 1879048192); /* 0.875 * 2^31 */
+    ck_assert_int_eq(sh, 29);
+    CK_Q8(q8_multiplier_from_real(2147483000.0, &m0, &sh));
+    ck_assert_int_eq(sh, 0);
+    ck_assert_int_eq(m0, 2147483000);
+    ck_assert_int_eq(q8_multiplier_from_real(2147483648.0, &m0, &sh), Q8_ERR_NUMERIC);
+}
+END_TEST
+
+START_TEST(multiplier_tiny_underflows_to_zero)
+{
+    int32_t m0 = -1, sh = -1;
+    CK_Q8(q8_multiplier_from_real(ldexp(1.0, -33), &m0, &sh));
+    ck_assert_int_eq(m0, 1 << 30);
+    ck_assert_int_eq(sh, 63);
+    CK_Q8(q8_multiplier_from_real(ldexp(1.0, -40), &m0, &sh));
+    ck_assert_int_eq(m0, 0);
+    ck_assert_int_eq(sh, 0);
+    /* no int32 accumulator reaches 0.5 at 2^-33 */
+    ck_assert_int_eq(q8_requantize(INT32_MIN, 1 << 30, 63), 0);
+}
+END_TEST
+
+START_TEST(multiplier_rounding_up_to_2p31_renormalizes)
+{
+    int32_t m0 = 0, sh = 0;
+    CK_Q8(q8_multiplier_from_real(1.0 - ldexp(1.0, -40), &m0, &sh));
+    ck_assert_int_eq(m0, 1 << 30);
+    ck_assert_int_eq(sh, 30);
+}
+END_TEST
+
+START_TEST(multiplier_relative_error_is_at_most_2m31)
+{
+    rng r = {3};
+    for (int i = 0; i < 100000; i++) {
+        double real = ldexp(1.0 + (double)(rng_next(&r) >> 12) / 4503599627370496.0,
+                            (int)rng_int(&r, -32, 30));
+        int32_t m0 = 0, sh = 0;
+        CK_Q8(q8_multiplier_from_real(real, &m0, &sh));
+        ck_assert_int_ge(m0, 1 << 30);
+        ck_assert(sh >= 0 && sh <= 63);
+        double err = fabs(ldexp((double)m0, -sh) - real) / real;
+        ck_assert_msg(err <= ldexp(1.0, -31), "M=%.17g: error %g", real, err);
+    }
+}
+END_TEST
+
+START_TEST(multiplier_rejects_zero_negative_and_nonfinite)
+{
+    int32_t m0 = 0, sh = 0;
+    ck_assert_int_eq(q8_multiplier_from_real(0.0, &m0, &sh), Q8_ERR_NUMERIC);
+    ck_assert_int_eq(q8_multiplier_from_real(-0.5, &m0, &sh), Q8_ERR_NUMERIC);
+    ck_assert_int_eq(q8_multiplier_from_real(NAN, &m0, &sh), Q8_ERR_NUMERIC);
+    ck_assert_int_eq(q8_multiplier_from_real(INFINITY, &m0, &sh), Q8_ERR_NUMERIC);
+    ck_assert_ptr_nonnull(strstr(q8_last_error(), "finite"));
+}
+END_TEST
+
+START_TEST(quantize_value_follows_pytorch_quantize_val)
+{
+    /* scale 0.5 (inv 2): x*inv rounds half to even, then the zero point is added */
+    ck_assert_int_eq(q8_quantize_value(0.25f, 0.5f, 10, Q8_U8), 10);  /* 0.5 -> 0 */
+    ck_assert_int_eq(q8_quantize_value(0.75f, 0.5f, 10, Q8_U8), 12);  /* 1.5 -> 2 */
+    ck_assert_int_eq(q8_quantize_value(-0.25f, 0.5f, 10, Q8_U8), 10); /* -0.5 -> -0 */
+    ck_assert_int_eq(q8_quantize_value(-0.75f, 0.5f, 10, Q8_U8), 8);  /* -1.5 -> -2 */
+    ck_assert_int_eq(q8_quantize_value(1000.0f, 0.5f, 10, Q8_U8), 255);
+    ck_assert_int_eq(q8_quantize_value(-1000.0f, 0.5f, 10, Q8_U8), 0);
+    ck_assert_int_eq(q8_quantize_value(INFINITY, 0.5f, 10, Q8_U8), 255);
+    ck_assert_int_eq(q8_quantize_value(-INFINITY, 0.5f, -3, Q8_I8), -128);
+    ck_assert_int_eq(q8_quantize_value(NAN, 0.5f, -3, Q8_I8), -3);
+    ck_assert_int_eq(q8_quantize_value(63.0f, 0.5f, 0, Q8_I8), 126);
+    ck_assert_int_eq(q8_quantize_value(64.0f, 0.5f, 0, Q8_I8), 127);
+    /* the float reciprocal, not a division: 1/0.1f is 10.0f after rounding, 0.35f*10 =
+     * 3.5000002 -> 4 (a division 0.35f/0.1f gives 3.4999998 -> 3) */
+    ck_assert_int_eq(q8_quantize_value(0.35f, 0.1f, 0, Q8_U8), 4);
+}
+END_TEST
+
+START_TEST(bias_quantizes_half_even_and_refuses_int32_overflow)
+{
+    const float bias[3] = {0.75f, -0.75f, 1.25f}, sw[3] = {1.0f, 1.0f, 1.0f};
+    int32_t out[3];
+    CK_Q8(q8_quantize_bias(bias, 3, 0.5f, sw, 3, out));
+    ck_assert_int_eq(out[0], 2);  /* 1.5 -> 2 */
+    ck_assert_int_eq(out[1], -2); /* -1.5 -> -2 */
+    ck_assert_int_eq(out[2], 2);  /* 2.5 -> 2 */
+    const float big[1] = {3000.0f}, tiny[1] = {1e-3f};
+    ck_assert_int_eq(q8_quantize_bias(big, 1, 1e-3f, tiny, 1, out), Q8_ERR_NUMERIC);
+    ck_assert_ptr_nonnull(strstr(q8_last_error(), "bias[0] = 3000"));
+    ck_assert_ptr_nonnull(strstr(q8_last_error(), "outside int32"));
+}
+END_TEST
+
+START_TEST(dynamic_qparams_match_choose_quantization_params)
+{
+    float s = 0;
+    int32_t zp = -1;
+    q8_choose_qparams_dynamic(-1.0f, 3.0f, true, &s, &zp); /* range 0..127 */
+    ck_assert_float_eq(s, (float)(4.0 / 127.0));
+    ck_assert_int_eq(zp, 32); /* 31.75 */
+    q8_choose_qparams_dynamic(0.0f, 0.0f, true, &s, &zp);
+    ck_assert_float_eq(s, 0.1f);
+    ck_assert_int_eq(zp, 0);
+    q8_choose_qparams_dynamic(2.0f, 5.0f, true, &s, &zp); /* the range is widened to 0 */
+    ck_assert_float_eq(s, (float)(5.0 / 127.0));
+    ck_assert_int_eq(zp, 0);
+    q8_choose_qparams_dynamic(-5.0f, -1.0f, true, &s, &zp);
+    ck_assert_int_eq(zp, 127);
+    q8_choose_qparams_dynamic(0.0f, 1e-4f, true, &s, &zp); /* below SMALL_SCALE_THRESHOLD */
+    ck_assert_float_eq(s, 6.1e-5f);
+    ck_assert_int_eq(zp, 0);
+    q8_choose_qparams_dynamic(-1.0f, 1.0f, false, &s, &zp); /* 127.5 -> 128 */
+    ck_assert_float_eq(s, (float)(2.0 / 255.0));
+    ck_assert_int_eq(zp, 128);
+}
+END_TEST
+
+START_TEST(fused_activation_bounds_come_from_the_output_qparams)
+{
+    int32_t lo = 0, hi = 0;
+    q8_act_bounds(Q8_ACT_NONE, (q8_qparams){Q8_U8, 0.1f, 20}, &lo, &hi);
+    ck_assert(lo == 0 && hi == 255);
+    q8_act_bounds(Q8_ACT_RELU, (q8_qparams){Q8_U8, 0.1f, 20}, &lo, &hi);
+    ck_assert(lo == 20 && hi == 255);
+    q8_act_bounds(Q8_ACT_RELU6, (q8_qparams){Q8_U8, 0.1f, 20}, &lo, &hi);
+    ck_assert(lo == 20 && hi == 80);
+    q8_act_bounds(Q8_ACT_RELU6, (q8_qparams){Q8_I8, 0.01f, -100}, &lo, &hi);
+    ck_assert(lo == -100 && hi == 127); /* quantize(6) = 500 saturates */
+}
+END_TEST
+
+/* ---------------------------------------------------------------------------------
+ * int8 GEMM
+ * ------------------------------------------------------------------------------- */
+
+static int16_t *pack_rows(const int8_t *w, int64_t n, int64_t k, int64_t kp)
+{
+    int16_t *p = calloc((size_t)(n * kp), sizeof *p);
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t i = 0; i < k; i++)
+            p[j * kp + i] = w[j * k + i];
+    return p;
+}
+
+START_TEST(gemm_avx2_equals_reference_on_random_shapes)
+{
+    if (!q8_gemm_avx2_available()) {
+        fprintf(stderr, "gemm_avx2_equals_reference: no AVX2 on this CPU, skipped\n");
+        return;
+    }
+    rng r = {4};
+    for (int t = 0; t < 60; t++) {
+        int64_t m = rng_int(&r, 1, 37), n = rng_int(&r, 1, 23), k = rng_int(&r, 1, 300);
+        int64_t kp = q8_gemm_kp(k), lda = kp + rng_int(&r, 0, 3) * 16;
+        uint8_t *a = calloc((size_t)(m * lda), 1);
+        int8_t *w = malloc((size_t)(n * k));
+        int32_t *bias = malloc((size_t)n * sizeof *bias);
+        int32_t *c1 = malloc((size_t)(m * n) * sizeof *c1), *c2 = malloc((size_t)(m * n) * 4);
+        for (int64_t i = 0; i < m; i++)
+            fill_bytes(&r, a + i * lda, k);
+        fill_weights(&r, w, n * k);
+        for (int64_t j = 0; j < n; j++)
+            bias[j] = (int32_t)rng_int(&r, -100000, 100000);
+        int16_t *b = pack_rows(w, n, k, kp);
+        const int32_t *bp = t % 3 == 0 ? NULL : bias;
+        q8_gemm_reference(m, n, kp, a, lda, b, bp, c1, n, 1);
+        q8_gemm_avx2(m, n, kp, a, lda, b, bp, c2, n, 1);
+        for (int64_t i = 0; i < m * n; i++)
+            ck_assert_msg(c1[i] == c2[i], "m=%" PRId64 " n=%" PRId64 " k=%" PRId64 " at %" PRId64
+                          ": %d vs %d", m, n, k, i, c1[i], c2[i]);
+        /* the reference is the plain sum */
+        int64_t i0 = rng_int(&r, 0, m - 1), j0 = rng_int(&r, 0, n - 1), want = bp ? bias[j0] : 0;
+        for (int64_t kk = 0; kk < k; kk++)
+            want += (int64_t)a[i0 * lda + kk] * w[j0 * k + kk];
+        ck_assert_int_eq(c1[i0 * n + j0], want);
+        /* the tiled OpenMP driver gives the same numbers, also stored transposed */
+        q8_gemm(Q8_GEMM_AVX2, m, n, kp, a, lda, b, bp, c2, n, 1);
+        ck_assert_int_eq(memcmp(c1, c2, (size_t)(m * n) * 4), 0);
+        for (int kernel = 0; kernel < 2; kernel++) {
+            q8_gemm(kernel ? Q8_GEMM_AVX2 : Q8_GEMM_REFERENCE, m, n, kp, a, lda, b, bp, c2, 1, m);
+            for (int64_t i = 0; i < m; i++)
+                for (int64_t j = 0; j < n; j++)
+                    ck_assert_int_eq(c2[j * m + i], c1[i * n + j]);
+        }
+        free(a), free(w), free(bias), free(c1), free(c2), free(b);
+    }
+}
+END_TEST
+
+START_TEST(gemm_worst_case_products_over_long_k_do_not_saturate)
+{
+    /* vpmaddubsw would turn 255*127 + 255*127 into 32767; the kernels widen first. */
+    const int64_t m = 3, n = 5, k = 16384, kp = q8_gemm_kp(k);
+    uint8_t *a = malloc((size_t)(m * kp));
+    int16_t *b = malloc((size_t)(n * kp) * sizeof *b);
+    int32_t c[15];
+    memset(a, 255, (size_t)(m * kp));
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t i = 0; i < kp; i++)
+            b[j * kp + i] = j % 2 ? -128 : 127;
+    for (int kernel = 0; kernel < 2; kernel++) {
+        if (kernel == 1 && !q8_gemm_avx2_available())
+            break;
+        memset(c, 0, sizeof c);
+        q8_gemm(kernel ? Q8_GEMM_AVX2 : Q8_GEMM_REFERENCE, m, n, kp, a, kp, b, NULL, c, n, 1);
+        for (int64_t i = 0; i < m * n; i++)
+            ck_assert_int_eq(c[i], (i % n) % 2 ? -255 * 128 * k : 255 * 127 * k);
+    }
+    free(a);
+    free(b);
+}
+END_TEST
+
+START_TEST(requant_avx2_equals_reference_on_random_rows)
+{
+    if (!q8_gemm_avx2_available())
+        return;
+    rng r = {14};
+    int32_t acc[300], m0[300], shift[300];
+    uint8_t a[300], b[300];
+    for (int t = 0; t < 400; t++) {
+        int64_t n = rng_int(&r, 1, 300), step = t % 2;
+        q8_dtype dt = t % 3 ? Q8_U8 : Q8_I8;
+        int32_t zp = (int32_t)rng_int(&r, q8_qmin(dt), q8_qmax(dt));
+        int32_t lo = (int32_t)rng_int(&r, q8_qmin(dt), zp), hi = (int32_t)rng_int(&r, zp, q8_qmax(dt));
+        for (int64_t i = 0; i < n; i++) {
+            acc[i] = (int32_t)(rng_int(&r, INT32_MIN, INT32_MAX) >> rng_int(&r, 0, 31));
+            m0[i] = (int32_t)rng_int(&r, INT64_C(1) << 30, INT32_MAX);
+            /* mostly realistic shifts, some 0 and 63, some exact ties (m0 = 2^30) */
+            shift[i] = (int32_t)(i % 7 == 0 ? rng_int(&r, 0, 63) : rng_int(&r, 28, 45));
+            if (i % 5 == 0)
+                m0[i] = 1 << 30, shift[i] = (int32_t)rng_int(&r, 31, 34);
+        }
+        q8_requant_reference(acc, n, m0, shift, step, zp, lo, hi, a);
+        q8_requant_avx2(acc, n, m0, shift, step, zp, lo, hi, b);
+        for (int64_t i = 0; i < n; i++)
+            ck_assert_msg(a[i] == b[i], "t=%d i=%" PRId64 " acc=%d m0=%d shift=%d: %d vs %d", t, i,
+                          acc[i], m0[step ? i : 0], shift[step ? i : 0], a[i], b[i]);
+    }
+}
+END_TEST
+
+START_TEST(pack_weights_refuses_weights_that_could_overflow_int32)
+{
+    q8_node node = {.op = Q8_OP_LINEAR, .index = 7, .name = "fc"};
+    const int64_t k = 70000; /* 255 * 127 * 70000 > 2^31 */
+    int8_t *w = malloc((size_t)k);
+    memset(w, 127, (size_t)k);
+    q8_packed pk;
+    ck_assert_int_eq(q8_pack_weights(&node, w, 1, k, NULL, 0, &pk), Q8_ERR_NUMERIC);
+    ck_assert_ptr_nonnull(strstr(q8_last_error(), "node 7 (linear 'fc')"));
+    ck_assert_ptr_nonnull(strstr(q8_last_error(), "output channel 0"));
+    CK_Q8(q8_pack_weights(&node, w, 1, 60000, NULL, 0, &pk));
+    q8_packed_free(&pk);
+    free(w);
+}
+END_TEST
+
+START_TEST(pack_weights_folds_the_input_zero_point_into_the_bias)
+{
+    q8_node node = {.op = Q8_OP_LINEAR, .name = "fc"};
+    const int8_t w[6] = {1, -2, 3, 4, 5, -6};
+    const int32_t bias[2] = {100, -100};
+    q8_packed pk;
+    CK_Q8(q8_pack_weights(&node, w, 2, 3, bias, 10, &pk));
+    ck_assert_int_eq(pk.kp, 16);
+    ck_assert_int_eq(pk.bias[0], 100 - 10 * 2);
+    ck_assert_int_eq(pk.bias[1], -100 - 10 * 3);
+    ck_assert_int_eq(pk.wsum[1], 3);
+    ck_assert_int_eq(pk.w[1 * 16 + 2], -6);
+    ck_assert_int_eq(pk.w[1 * 16 + 3], 0);
+    q8_packed_free(&pk);
+}
+END_TEST
+
+/* ---------------------------------------------------------------------------------
+ * ops against their formulas
+ * ------------------------------------------------------------------------------- */
+
+START_TEST(quantize_op_matches_the_formula_with_ties_nan_and_inf)
+{
+    int64_t shape[2] = {-1, 8};
+    q8_builder *b = q8_builder_new();
+    int32_t x = q8_builder_input(b, "x", Q8_F32, 2, shape);
+    int32_t q1 = q8_builder_quantize(b, "q", x, (q8_qparams){Q8_U8, 0.5f, 10});
+    int32_t q2 = q8_builder_quantize(b, "qi", x, (q8_qparams){Q8_I8, 0.25f, -3});
+    q8_builder_output(b, q1);
+    q8_builder_output(b, q2);
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_msg(m != NULL, "%s", q8_last_error());
+    float in[16] = {0.25f, 0.75f, -0.25f, -0.75f, 1000, -1000, INFINITY, NAN,
+                    1.125f, 1.375f, 31.75f, -32.0f, -33.0f, 0.0f, -0.0f, 2.6f};
+    const void *ins[1] = {in};
+    CK_Q8(q8_model_run_values(m, ins, 2));
+    q8_value_info v1, v2;
+    CK_Q8(q8_model_value(m, q1, &v1));
+    CK_Q8(q8_model_value(m, q2, &v2));
+    for (int i = 0; i < 16; i++) {
+        float r1 = nearbyintf(in[i] * (1.0f / 0.5f)), r2 = nearbyintf(in[i] * (1.0f / 0.25f));
+        int32_t e1 = isnan(r1) ? 10 : (int32_t)fmaxf(0.0f, fminf(255.0f, 10.0f + r1));
+        int32_t e2 = isnan(r2) ? -3 : (int32_t)fmaxf(-128.0f, fminf(127.0f, -3.0f + r2));
+        ck_assert_int_eq(qv(v1.data, i, Q8_U8), e1);
+        ck_assert_int_eq(qv(v2.data, i, Q8_I8), e2);
+    }
+    ck_assert_int_eq(v1.shape[0], 2);
+    q8_model_free(m);
+}
+END_TEST
+
+START_TEST(dequantize_op_is_scale_times_q_minus_zero_point)
+{
+    int64_t shape[3] = {-1, 2, 3};
+    q8_builder *b = q8_builder_new();
+    int32_t x = q8_builder_input_quantized(b, "x", (q8_qparams){Q8_I8, 0.3f, -7}, 3, shape);
+    q8_builder_output(b, q8_builder_dequantize(b, "dq", x));
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_ptr_nonnull(m);
+    int8_t in[6] = {-128, -7, 0, 1, 100, 127};
+    q8_value_info out;
+    const float *y = run1(m, in, 1, &out);
+    for (int i = 0; i < 6; i++)
+        ck_assert_float_eq(y[i], 0.3f * (float)(in[i] + 7));
+    q8_model_free(m);
+}
+END_TEST
+
+/* A random conv/linear layer and its two references. */
+typedef struct layer_case {
+    int64_t n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, groups;
+    q8_dtype in_dt, out_dt;
+    bool per_channel;
+    q8_act act;
+} layer_case;
+
+typedef struct layer_data {
+    uint8_t *x;   /* (N, C, H, W) or (N, C) */
+    int8_t *w;    /* (O, C/g, kH, kW) or (O, C) */
+    float *sw, *bias;
+    float s_in, s_out;
+    int32_t zp_in, zp_out;
+    int64_t oh, ow;
+} layer_data;
+
+/* Integer reference (naive loops, independent of im2row/GEMM) and the real-valued
+ * result; conv when lc->h > 0, linear otherwise. */
+static void layer_reference(const layer_case *lc, const layer_data *d, int32_t lo, int32_t hi,
+                            int32_t *y_int, double *y_real)
+{
+    int64_t h = lc->h > 0 ? lc->h : 1, w = lc->h > 0 ? lc->w : 1; /* linear: 1x1 */
+    int64_t cg = lc->c / lc->groups, og = lc->o / lc->groups, p = d->oh * d->ow;
+    int64_t k = cg * lc->kh * lc->kw;
+    for (int64_t b = 0; b < lc->n; b++)
+        for (int64_t o = 0; o < lc->o; o++) {
+            int64_t si = lc->per_channel ? o : 0, g = o / og;
+            double s_acc = (double)d->s_in * (double)d->sw[si];
+            int32_t m0 = 0, sh = 0;
+            ck_assert_int_eq(q8_multiplier_from_real(s_acc / (double)d->s_out, &m0, &sh), Q8_OK);
+            int64_t bq = (int64_t)nearbyint((double)d->bias[o] / s_acc);
+            for (int64_t pos = 0; pos < p; pos++) {
+                int64_t oh = pos / d->ow, ow = pos % d->ow, acc = 0;
+                for (int64_t c = 0; c < cg; c++)
+                    for (int64_t i = 0; i < lc->kh; i++)
+                        for (int64_t j = 0; j < lc->kw; j++) {
+                            int64_t ih = oh * lc->sh - lc->ph + i * lc->dh;
+                            int64_t iw = ow * lc->sw - lc->pw + j * lc->dw;
+                            if (ih < 0 || ih >= h || iw < 0 || iw >= w)
+                                continue;
+                            int64_t xi = ((b * lc->c + g * cg + c) * h + ih) * w + iw;
+                            acc += (qv(d->x, xi, lc->in_dt) - d->zp_in) *
+                                   d->w[o * k + (c * lc->kh + i) * lc->kw + j];
+                        }
+                int64_t yi = (b * lc->o + o) * p + pos;
+                int64_t v = d->zp_out + q8_requantize(acc + bq, m0, sh);
+                y_int[yi] = (int32_t)(v < lo ? lo : v > hi ? hi : v);
+                y_real[yi] = ((double)acc * s_acc + d->bias[o]) / d->s_out + d->zp_out;
+            }
+        }
+}
+
+static void make_layer(const layer_case *lc, rng *r, layer_data *d)
+{
+    bool conv = lc->h > 0;
+    int64_t h = conv ? lc->h : 1, w = conv ? lc->w : 1;
+    int64_t k = lc->c / lc->groups * lc->kh * lc->kw;
+    d->x = malloc((size_t)(lc->n * lc->c * h * w));
+    d->w = malloc((size_t)(lc->o * k));
+    d->sw = malloc((size_t)lc->o * sizeof(float));
+    d->bias = malloc((size_t)lc->o * sizeof(float));
+    fill_bytes(r, d->x, lc->n * lc->c * h * w);
+    fill_weights(r, d->w, lc->o * k);
+    d->s_in = rng_float(r, 0.01f, 0.05f);
+    d->zp_in = (int32_t)rng_int(r, q8_qmin(lc->in_dt), q8_qmax(lc->in_dt));
+    for (int64_t o = 0; o < lc->o; o++) {
+        d->sw[o] = rng_float(r, 0.002f, 0.01f);
+        d->bias[o] = rng_float(r, -2.0f, 2.0f);
+    }
+    /* an output scale that spreads the results over ~100 steps */
+    d->s_out = (float)(sqrt((double)k) * 74.0 * 73.0 * d->s_in * 0.006 / 40.0);
+    d->zp_out = lc->out_dt == Q8_U8 ? 128 : 0;
+    d->oh = conv ? q8_window_out_size(lc->h, lc->kh, lc->sh, lc->ph, lc->dh, false) : 1;
+    d->ow = conv ? q8_window_out_size(lc->w, lc->kw, lc->sw, lc->pw, lc->dw, false) : 1;
+}
+
+static void free_layer(layer_data *d)
+{
+    free(d->x), free(d->w), free(d->sw), free(d->bias);
+}
+
+/* Builds the one-layer model, runs it with both GEMM kernels and checks: identical to the
+ * integer reference, within 1 of the real result and equal to it for >= 98%. */
+static void check_layer(const layer_case *lc, uint64_t seed)
+{
+    rng r = {seed};
+    layer_data d;
+    make_layer(lc, &r, &d);
+    bool conv = lc->h > 0;
+    q8_qparams out = {lc->out_dt, d.s_out, d.zp_out};
+    q8_weights wt = {d.w, d.sw, lc->per_channel ? lc->o : 1, d.bias};
+    q8_builder *b = q8_builder_new();
+    int64_t xs[4] = {-1, lc->c, lc->h, lc->w}, y;
+    int32_t x = q8_builder_input_quantized(b, "x", (q8_qparams){lc->in_dt, d.s_in, d.zp_in},
+                                           conv ? 4 : 2, xs);
+    if (conv) {
+        q8_conv2d_desc cd = {lc->o, {lc->kh, lc->kw}, {lc->sh, lc->sw}, {lc->ph, lc->pw},
+                             {lc->dh, lc->dw}, lc->groups};
+        y = q8_builder_conv2d(b, "conv", x, &cd, &wt, out, lc->act);
+    } else {
+        y = q8_builder_linear(b, "fc", x, lc->o, &wt, out, lc->act);
+    }
+    q8_builder_output(b, (int32_t)y);
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_msg(m != NULL, "%s", q8_last_error());
+    int32_t lo = 0, hi = 0;
+    q8_act_bounds(lc->act, out, &lo, &hi);
+    int64_t total = lc->n * lc->o * d.oh * d.ow;
+    int32_t *y_int = malloc((size_t)total * sizeof *y_int);
+    double *y_real = malloc((size_t)total * sizeof *y_real);
+    layer_reference(lc, &d, lo, hi, y_int, y_real);
+    for (int kernel = 0; kernel < 2; kernel++) {
+        if (kernel == 1 && !q8_gemm_avx2_available())
+            break;
+        m->kernel = kernel ? Q8_GEMM_AVX2 : Q8_GEMM_REFERENCE;
+        q8_value_info v;
+        const uint8_t *got = run1(m, d.x, lc->n, &v);
+        int64_t off_by_one = 0;
+        for (int64_t i = 0; i < total; i++) {
+            ck_assert_msg(qv(got, i, lc->out_dt) == y_int[i],
+                          "seed %" PRIu64 " kernel %d element %" PRId64 ": %d vs integer "
+                          "reference %d", seed, kernel, i, qv(got, i, lc->out_dt), y_int[i]);
+            double rf = nearbyint(y_real[i]);
+            rf = rf < lo ? lo : rf > hi ? hi : rf;
+            ck_assert_msg(fabs(qv(got, i, lc->out_dt) - rf) <= 1.0, "element %" PRId64
+                          ": %d vs real %g", i, qv(got, i, lc->out_dt), y_real[i]);
+            off_by_one += qv(got, i, lc->out_dt) != (int32_t)rf;
+        }
+        ck_assert_msg(off_by_one * 50 <= total, "%" PRId64 " of %" PRId64 " off by one",
+                      off_by_one, total);
+    }
+    free(y_int), free(y_real);
+    free_layer(&d);
+    q8_model_free(m);
+}
+
+START_TEST(conv2d_matches_integer_and_real_references)
+{
+    /* n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, groups, in, out, per_channel, act */
+    const layer_case cases[] = {
+        {1, 3, 7, 5, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, Q8_U8, Q8_U8, true, Q8_ACT_NONE},
+        {3, 4, 9, 6, 6, 3, 2, 2, 2, 1, 0, 1, 1, 2, Q8_I8, Q8_I8, true, Q8_ACT_RELU},
+        {2, 3, 8, 8, 5, 3, 3, 1, 1, 2, 2, 2, 2, 1, Q8_U8, Q8_I8, false, Q8_ACT_RELU6},
+        {2, 4, 6, 7, 8, 3, 3, 2, 1, 1, 1, 1, 1, 4, Q8_I8, Q8_U8, true, Q8_ACT_NONE}, /* dw x2 */
+        {1, 5, 5, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1, 5, Q8_U8, Q8_U8, false, Q8_ACT_RELU}, /* dw */
+        {3, 1, 6, 9, 3, 2, 3, 1, 2, 0, 1, 1, 1, 1, Q8_U8, Q8_U8, true, Q8_ACT_NONE},  /* C=1 */
+        {1, 2, 20, 17, 3, 1, 1, 1, 1, 0, 0, 1, 1, 1, Q8_I8, Q8_U8, true, Q8_ACT_NONE}, /* 2 chunks */
+        {2, 6, 5, 4, 4, 2, 2, 1, 1, 1, 1, 1, 1, 2, Q8_U8, Q8_U8, true, Q8_ACT_RELU},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        check_layer(&cases[i], 100 + i);
+}
+END_TEST
+
+START_TEST(linear_matches_integer_and_real_references)
+{
+    const layer_case cases[] = {
+        {1, 10, 0, 0, 7, 1, 1, 1, 1, 0, 0, 1, 1, 1, Q8_U8, Q8_U8, true, Q8_ACT_NONE},
+        {5, 32, 0, 0, 9, 1, 1, 1, 1, 0, 0, 1, 1, 1, Q8_U8, Q8_U8, false, Q8_ACT_RELU}, /* in place */
+        {3, 33, 0, 0, 4, 1, 1, 1, 1, 0, 0, 1, 1, 1, Q8_I8, Q8_I8, true, Q8_ACT_RELU6},
+        {300, 20, 0, 0, 3, 1, 1, 1, 1, 0, 0, 1, 1, 1, Q8_I8, Q8_U8, true, Q8_ACT_NONE}, /* chunks */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        check_layer(&cases[i], 200 + i);
+}
+END_TEST
+
+START_TEST(linear_dynamic_matches_pytorch_formula_and_float_linear)
+{
+    rng r = {5};
+    const int64_t n = 3, k = 21, o = 5;
+    float x[3 * 21], sw[5], bias[5];
+    int8_t w[5 * 21];
+    for (int i = 0; i < n * k; i++)
+        x[i] = rng_float(&r, -1.5f, 2.5f);
+    fill_weights(&r, w, o * k);
+    for (int j = 0; j < o; j++)
+        sw[j] = rng_float(&r, 0.001f, 0.01f), bias[j] = rng_float(&r, -1.0f, 1.0f);
+    for (int relu = 0; relu < 2; relu++) {
+        q8_builder *b = q8_builder_new();
+        int64_t xs[2] = {-1, k};
+        int32_t xi = q8_builder_input(b, "x", Q8_F32, 2, xs);
+        q8_weights wt = {w, sw, o, bias};
+        q8_builder_output(b, q8_builder_linear_dynamic(b, "fc", xi, o, &wt,
+                                                       relu ? Q8_ACT_RELU : Q8_ACT_NONE));
+        q8_model *m = q8_builder_finish(b);
+        ck_assert_msg(m != NULL, "%s", q8_last_error());
+        float y[15];
+        CK_Q8(q8_model_run(m, x, n, y));
+        /* qlinear_dynamic: min/max of the batch, qparams in 0..127, fma quantization */
+        float lo = x[0], hi = x[0], sx = 0;
+        int32_t zx = 0;
+        for (int i = 0; i < n * k; i++)
+            lo = fminf(lo, x[i]), hi = fmaxf(hi, x[i]);
+        q8_choose_qparams_dynamic(lo, hi, true, &sx, &zx);
+        ck_assert_int_le(zx, 127);
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < o; j++) {
+                int64_t raw = 0;
+                double fl = bias[j], bound = 0;
+                for (int64_t kk = 0; kk < k; kk++) {
+                    float q = fminf(255.0f, fmaxf(0.0f, nearbyintf(fmaf(x[i * k + kk], 1.0f / sx,
+                                                                        (float)zx))));
+                    raw += ((int64_t)q - zx) * w[j * k + kk];
+                    fl += (double)x[i * k + kk] * w[j * k + kk] * sw[j];
+                    bound += 0.5 * sx * fabs(w[j * k + kk] * sw[j]);
+                }
+                float want = (float)raw * (sx * sw[j]) + bias[j];
+                want = relu && want < 0.0f ? 0.0f : want;
+                ck_assert_float_eq(y[i * o + j], want);
+                fl = relu && fl < 0 ? 0 : fl;
+                ck_assert_msg(fabs(y[i * o + j] - fl) <= bound * 1.01 + 1e-5, "%g vs float %g",
+                              (double)y[i * o + j], fl);
+            }
+        /* a non-finite input is an error naming the node */
+        float bad[21 * 3];
+        memcpy(bad, x, sizeof bad);
+        bad[4] = INFINITY;
+        ck_assert_int_eq(q8_model_run(m, bad, n, y), Q8_ERR_NUMERIC);
+        ck_assert_ptr_nonnull(strstr(q8_last_error(), "linear_dynamic 'fc'"));
+        q8_model_free(m);
+    }
+}
+END_TEST
+
+/* A two-input elementwise model (add/mul) on random integers. */
+static q8_model *binary_model(const char *op, q8_qparams qa, q8_qparams qb, q8_qparams out,
+                              q8_act act)
+{
+    int64_t shape[3] = {-1, 5, 7};
+    q8_builder *b = q8_builder_new();
+    int32_t a = q8_builder_input_quantized(b, "a", qa, 3, shape);
+    int32_t c = q8_builder_input_quantized(b, "b", qb, 3, shape);
+    int32_t y = strcmp(op, "add") == 0 ? q8_builder_add(b, "sum", a, c, out, act)
+                                       : q8_builder_mul(b, "prod", a, c, out, act);
+    q8_builder_output(b, y);
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_msg(m != NULL, "%s", q8_last_error());
+    return m;
+}
+
+static void check_binary(const char *op, q8_qparams qa, q8_qparams qb, q8_qparams out, q8_act act,
+                         uint64_t seed)
+{
+    q8_model *m = binary_model(op, qa, qb, out, act);
+    rng r = {seed};
+    const int64_t total = 4 * 35;
+    uint8_t a[140], bb[140];
+    fill_bytes(&r, a, total);
+    fill_bytes(&r, bb, total);
+    const void *ins[2] = {a, bb};
+    CK_Q8(q8_model_run_values(m, ins, 4));
+    q8_value_info v;
+    CK_Q8(q8_model_value(m, q8_model_output_id(m, 0), &v));
+    int32_t lo = 0, hi = 0;
+    q8_act_bounds(act, out, &lo, &hi);
+    for (int64_t i = 0; i < total; i++) {
+        double ra = (double)qa.scale * (qv(a, i, qa.dtype) - qa.zero_point);
+        double rb = (double)qb.scale * (qv(bb, i, qb.dtype) - qb.zero_point);
+        double real = (strcmp(op, "add") == 0 ? ra + rb : ra * rb) / out.scale + out.zero_point;
+        double rf = nearbyint(real);
+        rf = rf < lo ? lo : rf > hi ? hi : rf;
+        int32_t got = qv(v.data, i, out.dtype);
+        /* exact, except within 1e-4 of a rounding tie (the fixed-point multipliers and
+         * add's rescaled inputs carry about 2^-20 of error) */
+        bool near_tie = fabs(fabs(real - floor(real)) - 0.5) < 1e-4;
+        ck_assert_msg(got == (int32_t)rf || (near_tie && fabs(got - rf) <= 1),
+                      "%s element %" PRId64 ": %d vs real %.9f", op, i, got, real);
+    }
+    q8_model_free(m);
+}
+
+START_TEST(add_matches_the_float_sum_and_add_relu_clamps_at_the_zero_point)
+{
+    check_binary("add", (q8_qparams){Q8_U8, 0.05f, 120}, (q8_qparams){Q8_U8, 0.02f, 30},
+                 (q8_qparams){Q8_U8, 0.07f, 100}, Q8_ACT_NONE, 1);
+    check_binary("add", (q8_qparams){Q8_I8, 0.01f, -5}, (q8_qparams){Q8_U8, 0.03f, 128},
+                 (q8_qparams){Q8_I8, 0.04f, 3}, Q8_ACT_RELU, 2);
+    check_binary("add", (q8_qparams){Q8_U8, 0.1f, 0}, (q8_qparams){Q8_U8, 0.1f, 0},
+                 (q8_qparams){Q8_U8, 0.1f, 0}, Q8_ACT_NONE, 3); /* equal scales: exact */
+}
+END_TEST
+
+START_TEST(mul_matches_the_float_product)
+{
+    check_binary("mul", (q8_qparams){Q8_U8, 0.05f, 120}, (q8_qparams){Q8_U8, 0.02f, 30},
+                 (q8_qparams){Q8_U8, 0.3f, 100}, Q8_ACT_NONE, 4);
+    check_binary("mul", (q8_qparams){Q8_I8, 0.02f, 0}, (q8_qparams){Q8_I8, 0.02f, 10},
+                 (q8_qparams){Q8_I8, 0.5f, -20}, Q8_ACT_RELU, 5);
+}
+END_TEST
+
+START_TEST(cat_requantizes_each_input_and_copies_equal_qparams)
+{
+    int64_t s1[4] = {-1, 2, 3, 2}, s2[4] = {-1, 1, 3, 2};
+    q8_qparams q1 = {Q8_U8, 0.1f, 10}, q2 = {Q8_I8, 0.05f, -4};
+    q8_builder *b = q8_builder_new();
+    int32_t a = q8_builder_input_quantized(b, "a", q1, 4, s1);
+    int32_t c = q8_builder_input_quantized(b, "c", q2, 4, s2);
+    int32_t xs[2] = {a, c};
+    q8_builder_output(b, q8_builder_cat(b, "cat", xs, 2, q1));
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_msg(m != NULL, "%s", q8_last_error());
+    rng r = {6};
+    uint8_t x1[2 * 12], x2[2 * 6];
+    fill_bytes(&r, x1, 24);
+    fill_bytes(&r, x2, 12);
+    const void *ins[2] = {x1, x2};
+    CK_Q8(q8_model_run_values(m, ins, 2));
+    q8_value_info v;
+    CK_Q8(q8_model_value(m, q8_model_output_id(m, 0), &v));
+    ck_assert_int_eq(v.shape[1], 3);
+    const uint8_t *y = v.data;
+    for (int bt = 0; bt < 2; bt++) {
+        for (int i = 0; i < 12; i++)
+            ck_assert_int_eq(y[bt * 18 + i], x1[bt * 12 + i]); /* copied */
+        for (int i = 0; i < 6; i++) {
+            /* 0.05 (q + 4) / 0.1 + 10 = (q + 4) / 2 + 10: exact halves go to even */
+            int32_t q = (int8_t)x2[bt * 6 + i];
+            double real = (q + 4) / 2.0 + 10;
+            int32_t want = (int32_t)fmin(255, fmax(0, nearbyint(real)));
+            ck_assert_int_eq(y[bt * 18 + 12 + i], want);
+        }
+    }
+    q8_model_free(m);
+}
+END_TEST
+
+/* A single pooling node on an (N, C, H, W) input of dtype dt. */
+static q8_model *pool_model(const char *op, q8_dtype dt, int64_t c, int64_t h, int64_t w,
+                            const q8_pool2d_desc *d, const q8_qparams *out, int64_t oh, int64_t ow)
+{
+    int64_t shape[4] = {-1, c, h, w};
+    q8_builder *b = q8_builder_new();
+    int32_t x = q8_builder_input_quantized(b, "x", (q8_qparams){dt, 0.1f, dt == Q8_U8 ? 7 : -7},
+                                           4, shape);
+    int32_t y = !strcmp(op, "max")   ? q8_builder_max_pool2d(b, "pool", x, d)
+                : !strcmp(op, "avg") ? q8_builder_avg_pool2d(b, "pool", x, d, out)
+                                     : q8_builder_adaptive_avg_pool2d(b, "pool", x, oh, ow, out);
+    q8_builder_output(b, y);
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_msg(m != NULL, "%s", q8_last_error());
+    return m;
+}
+
+START_TEST(max_pool2d_takes_the_window_max_with_padding_dilation_and_ceil_mode)
+{
+    const struct {
+        q8_dtype dt;
+        q8_pool2d_desc d;
+    } cases[] = {
+        {Q8_U8, {{2, 2}, {2, 2}, {0, 0}, {1, 1}, false, false, 0}},
+        {Q8_I8, {{3, 3}, {2, 2}, {1, 1}, {1, 1}, true, false, 0}},
+        {Q8_I8, {{3, 2}, {1, 2}, {1, 1}, {2, 1}, false, false, 0}},
+        {Q8_U8, {{2, 3}, {3, 2}, {1, 0}, {1, 1}, true, false, 0}},
+    };
+    rng r = {7};
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const q8_pool2d_desc *d = &cases[t].d;
+        q8_dtype dt = cases[t].dt;
+        const int64_t n = 2, c = 3, h = 7, w = 6;
+        q8_model *m = pool_model("max", dt, c, h, w, d, NULL, 0, 0);
+        uint8_t x[2 * 3 * 7 * 6];
+        fill_bytes(&r, x, n * c * h * w);
+        q8_value_info v;
+        const uint8_t *y = run1(m, x, n, &v);
+        int64_t oh_n = v.shape[2], ow_n = v.shape[3];
+        ck_assert_int_eq(oh_n, q8_window_out_size(h, d->kernel[0], d->stride[0], d->padding[0],
+                                                  d->dilation[0], d->ceil_mode));
+        for (int64_t p = 0; p < n * c; p++)
+            for (int64_t oh = 0; oh < oh_n; oh++)
+                for (int64_t ow = 0; ow < ow_n; ow++) {
+                    int32_t best = q8_qmin(dt);
+                    for (int64_t i = 0; i < d->kernel[0]; i++)
+                        for (int64_t j = 0; j < d->kernel[1]; j++) {
+                            int64_t ih = oh * d->stride[0] - d->padding[0] + i * d->dilation[0];
+                            int64_t iw = ow * d->stride[1] - d->padding[1] + j * d->dilation[1];
+                            if (ih >= 0 && ih < h && iw >= 0 && iw < w)
+                                best = qv(x, (p * h + ih) * w + iw, dt) > best
+                                           ? qv(x, (p * h + ih) * w + iw, dt)
+                                           : best;
+                        }
+                    ck_assert_int_eq(qv(y, (p * oh_n + oh) * ow_n + ow, dt), best);
+                }
+        ck_assert_float_eq(v.scale, 0.1f); /* qparams kept */
+        q8_model_free(m);
+    }
+}
+END_TEST
+
+/* round_half_even(acc * ratio / divide) for a dyadic ratio (exact in double). */
+static int32_t pool_ref(int64_t acc, double ratio, int64_t divide, int32_t zo, q8_dtype dt)
+{
+    double v = (double)acc * ratio / (double)divide; /* exact enough: checked near ties */
+    double f = floor(v), frac = v - f;
+    int64_t q = (int64_t)f + (frac > 0.5 || (frac == 0.5 && fmod(f, 2.0) != 0.0));
+    int64_t y = zo + q;
+    return (int32_t)(y < q8_qmin(dt) ? q8_qmin(dt) : y > q8_qmax(dt) ? q8_qmax(dt) : y);
+}
+
+START_TEST(avg_pool2d_is_the_half_even_mean_with_both_pad_counting_rules)
+{
+    const struct {
+        q8_dtype dt;
+        q8_pool2d_desc d;
+        bool requant;
+    } cases[] = {
+        {Q8_U8, {{2, 2}, {2, 2}, {0, 0}, {0, 0}, false, true, 0}, false},
+        {Q8_I8, {{3, 3}, {2, 2}, {1, 1}, {0, 0}, true, true, 0}, false},
+        {Q8_I8, {{3, 3}, {2, 2}, {1, 1}, {0, 0}, true, false, 0}, false},
+        {Q8_U8, {{3, 2}, {1, 2}, {1, 1}, {0, 0}, false, false, 0}, true},
+        {Q8_U8, {{2, 2}, {1, 1}, {1, 0}, {0, 0}, false, true, 3}, false},
+    };
+    rng r = {8};
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const q8_pool2d_desc *d = &cases[t].d;
+        q8_dtype dt = cases[t].dt;
+        const int64_t n = 2, c = 2, h = 7, w = 6;
+        /* a requantizing pool: out scale 0.4 = 4 * in scale, so the ratio 1/4 is dyadic */
+        q8_qparams out = {dt, 0.4f, dt == Q8_U8 ? 20 : -20};
+        q8_model *m = pool_model("avg", dt, c, h, w, d, cases[t].requant ? &out : NULL, 0, 0);
+        uint8_t x[2 * 2 * 7 * 6];
+        fill_bytes(&r, x, n * c * h * w);
+        q8_value_info v;
+        const uint8_t *y = run1(m, x, n, &v);
+        int32_t zi = dt == Q8_U8 ? 7 : -7, zo = cases[t].requant ? out.zero_point : zi;
+        double ratio = cases[t].requant ? 0.25 : 1.0;
+        int64_t oh_n = v.shape[2], ow_n = v.shape[3], kh = d->kernel[0], kw = d->kernel[1];
+        int64_t sh = d->stride[0], sw = d->stride[1], ph = d->padding[0], pw = d->padding[1];
+        for (int64_t p = 0; p < n * c; p++)
+            for (int64_t oh = 0; oh < oh_n; oh++)
+                for (int64_t ow = 0; ow < ow_n; ow++) {
+                    /* PyTorch avg_pool2d's window and divisor */
+                    int64_t h0 = oh * sh - ph, w0 = ow * sw - pw;
+                    int64_t h1 = h0 + kh < h + ph ? h0 + kh : h + ph;
+                    int64_t w1 = w0 + kw < w + pw ? w0 + kw : w + pw;
+                    int64_t pool = (h1 - h0) * (w1 - w0);
+                    h0 = h0 < 0 ? 0 : h0, w0 = w0 < 0 ? 0 : w0;
+                    h1 = h1 > h ? h : h1, w1 = w1 > w ? w : w1;
+                    int64_t acc = 0, valid = (h1 - h0) * (w1 - w0);
+                    for (int64_t ih = h0; ih < h1; ih++)
+                        for (int64_t iw = w0; iw < w1; iw++)
+                            acc += qv(x, (p * h + ih) * w + iw, dt) - zi;
+                    int64_t divide = d->divisor_override ? d->divisor_override
+                                     : d->count_include_pad ? pool
+                                                            : valid;
+                    ck_assert_int_eq(qv(y, (p * oh_n + oh) * ow_n + ow, dt),
+                                     pool_ref(acc, ratio, divide, zo, dt));
+                }
+        q8_model_free(m);
+    }
+}
+END_TEST
+
+START_TEST(adaptive_avg_pool2d_uses_pytorch_windows)
+{
+    rng r = {9};
+    const int64_t n = 2, c = 3, h = 7, w = 5;
+    const int64_t sizes[][2] = {{3, 2}, {1, 1}, {7, 5}, {4, 3}};
+    for (size_t t = 0; t < 4; t++) {
+        int64_t oh_n = sizes[t][0], ow_n = sizes[t][1];
+        q8_model *m = pool_model("adaptive", Q8_I8, c, h, w, NULL, NULL, oh_n, ow_n);
+        uint8_t x[2 * 3 * 7 * 5];
+        fill_bytes(&r, x, n * c * h * w);
+        q8_value_info v;
+        const uint8_t *y = run1(m, x, n, &v);
+        for (int64_t p = 0; p < n * c; p++)
+            for (int64_t oh = 0; oh < oh_n; oh++)
+                for (int64_t ow = 0; ow < ow_n; ow++) {
+                    /* start = floor(o*I/O), end = ceil((o+1)*I/O) (PyTorch, float math) */
+                    int64_t hs = (int64_t)floorf((float)(oh * h) / (float)oh_n);
+                    int64_t he = (int64_t)ceilf((float)((oh + 1) * h) / (float)oh_n);
+                    int64_t ws = (int64_t)floorf((float)(ow * w) / (float)ow_n);
+                    int64_t we = (int64_t)ceilf((float)((ow + 1) * w) / (float)ow_n);
+                    int64_t acc = 0;
+                    for (int64_t ih = hs; ih < he; ih++)
+                        for (int64_t iw = ws; iw < we; iw++)
+                            acc += qv(x, (p * h + ih) * w + iw, Q8_I8) + 7;
+                    ck_assert_int_eq(qv(y, (p * oh_n + oh) * ow_n + ow, Q8_I8),
+                                     pool_ref(acc, 1.0, (he - hs) * (we - ws), -7, Q8_I8));
+                }
+        q8_model_free(m);
+    }
+}
+END_TEST
+
+START_TEST(flatten_and_clamp_move_integers_without_changing_qparams)
+{
+    int64_t shape[4] = {-1, 2, 2, 3};
+    q8_qparams qp = {Q8_U8, 0.1f, 30};
+    q8_builder *b = q8_builder_new();
+    int32_t x = q8_builder_input_quantized(b, "x", qp, 4, shape);
+    int32_t f = q8_builder_flatten(b, "flat", x);
+    int32_t r6 = q8_builder_clamp(b, "relu6", f, Q8_ACT_RELU6);
+    q8_builder_output(b, r6);
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_msg(m != NULL, "%s", q8_last_error());
+    uint8_t in[12] = {0, 29, 30, 31, 89, 90, 91, 200, 255, 1, 60, 100};
+    q8_value_info vf, vr;
+    run1(m, in, 1, &vr);
+    CK_Q8(q8_model_value(m, f, &vf));
+    ck_assert_int_eq(vf.ndim, 2);
+    ck_assert_int_eq(vf.shape[1], 12);
+    ck_assert_int_eq(memcmp(vf.data, in, 12), 0);
+    const uint8_t *y = vr.data;
+    for (int i = 0; i < 12; i++) /* relu6: [zp, quantize(6) = 90] */
+        ck_assert_int_eq(y[i], in[i] < 30 ? 30 : in[i] > 90 ? 90 : in[i]);
+    q8_model_free(m);
+}
+END_TEST
+
+START_TEST(hardswish_table_matches_the_float_formula)
+{
+    const q8_qparams ins[2] = {{Q8_U8, 0.05f, 100}, {Q8_I8, 0.04f, -10}};
+    const q8_qparams outs[2] = {{Q8_U8, 0.03f, 20}, {Q8_I8, 0.02f, -30}};
+    for (int t = 0; t < 2; t++) {
+        int64_t shape[2] = {-1, 256};
+        q8_builder *b = q8_builder_new();
+        int32_t x = q8_builder_input_quantized(b, "x", ins[t], 2, shape);
+        q8_builder_output(b, q8_builder_hardswish(b, "hs", x, outs[t]));
+        q8_model *m = q8_builder_finish(b);
+        ck_assert_msg(m != NULL, "%s", q8_last_error());
+        uint8_t in[256];
+        for (int i = 0; i < 256; i++)
+            in[i] = (uint8_t)i;
+        q8_value_info v;
+        const uint8_t *y = run1(m, in, 1, &v);
+        for (int i = 0; i < 256; i++) {
+            float xr = ins[t].scale * (float)(qv(in, i, ins[t].dtype) - ins[t].zero_point);
+            float hs = xr * fminf(fmaxf(xr + 3.0f, 0.0f), 6.0f) / 6.0f;
+            ck_assert_int_eq(qv(y, i, outs[t].dtype),
+                             q8_quantize_value(hs, outs[t].scale, outs[t].zero_point,
+                                               outs[t].dtype));
+        }
+        /* spot values: hardswish(-4) = 0, hardswish(3) = 3 */
+        float r3 = 3.0f * fminf(6.0f, 6.0f) / 6.0f;
+        ck_assert_float_eq(r3, 3.0f);
+        q8_model_free(m);
+    }
+}
+END_TEST
+
+/* ---------------------------------------------------------------------------------
+ * models: build, run, save, load
+ * ------------------------------------------------------------------------------- */
+
+/* x f32 (N,1,8,7) -> quantize -> conv 3x3 pad 1 relu -> max_pool 2 -> conv dw 3x3 ->
+ * hardswish -> add (skip) -> adaptive avg (2,2) -> flatten -> linear relu6 -> dequantize
+ * -> linear_dynamic -> y f32 (N, 3). Weights from `seed`. */
+static q8_model *small_model(uint64_t seed, q8_dtype act)
+{
+    rng r = {seed};
+    int8_t w1[4 * 9], w2[4 * 9], w3[6 * 16], w4[3 * 6];
+    float s1[4], s2[4], s3[6], s4[3], b1[4], b2[4], b3[6], b4[3];
+    fill_weights(&r, w1, 36), fill_weights(&r, w2, 36), fill_weights(&r, w3, 96);
+    fill_weights(&r, w4, 18);
+    for (int i = 0; i < 6; i++) {
+        if (i < 4)
+            s1[i] = rng_float(&r, 0.005f, 0.01f), s2[i] = rng_float(&r, 0.005f, 0.01f),
+            b1[i] = rng_float(&r, -0.5f, 0.5f), b2[i] = rng_float(&r, -0.5f, 0.5f);
+        if (i < 3)
+            s4[i] = rng_float(&r, 0.005f, 0.01f), b4[i] = rng_float(&r, -0.5f, 0.5f);
+        s3[i] = rng_float(&r, 0.005f, 0.01f), b3[i] = rng_float(&r, -0.5f, 0.5f);
+    }
+    int32_t z = act == Q8_U8 ? 0 : -128, zm = act == Q8_U8 ? 128 : 0;
+    q8_builder *b = q8_builder_new();
+    q8_builder_set_attr_text(b, "source_model", "test-small");
+    q8_builder_set_attr_text(b, "qconfig", "test: per-channel weights");
+    int64_t xs[4] = {-1, 1, 8, 7};
+    int32_t x = q8_builder_input(b, "x", Q8_F32, 4, xs);
+    x = q8_builder_quantize(b, "quant", x, (q8_qparams){act, 1.0f / 64, zm});
+    q8_conv2d_desc c1 = {4, {3, 3}, {1, 1}, {1, 1}, {1, 1}, 1};
+    q8_weights wt1 = {w1, s1, 4, b1};
+    x = q8_builder_conv2d(b, "features.0", x, &c1, &wt1, (q8_qparams){act, 0.02f, z}, Q8_ACT_RELU);
+    q8_pool2d_desc mp = {{2, 2}, {2, 2}, {0, 0}, {1, 1}, false, true, 0};
+    int32_t p = q8_builder_max_pool2d(b, "features.2", x, &mp);
+    q8_conv2d_desc c2 = {4, {3, 3}, {1, 1}, {1, 1}, {1, 1}, 4};
+    q8_weights wt2 = {w2, s2, 4, b2};
+    int32_t d = q8_builder_conv2d(b, "features.3", p, &c2, &wt2, (q8_qparams){act, 0.03f, zm},
+                                  Q8_ACT_NONE);
+    d = q8_builder_hardswish(b, "features.4", d, (q8_qparams){act, 0.025f, zm});
+    int32_t s = q8_builder_add(b, "skip", d, p, (q8_qparams){act, 0.04f, z}, Q8_ACT_RELU);
+    s = q8_builder_adaptive_avg_pool2d(b, "pool", s, 2, 2, NULL);
+    s = q8_builder_flatten(b, "flatten", s);
+    q8_weights wt3 = {w3, s3, 6, b3};
+    s = q8_builder_linear(b, "fc1", s, 6, &wt3, (q8_qparams){act, 0.05f, z}, Q8_ACT_RELU6);
+    s = q8_builder_dequantize(b, "dequant", s);
+    q8_weights wt4 = {w4, s4, 3, b4};
+    s = q8_builder_linear_dynamic(b, "fc2", s, 3, &wt4, Q8_ACT_NONE);
+    q8_builder_output(b, s);
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_msg(m != NULL, "%s", q8_last_error());
+    return m;
+}
+
+START_TEST(small_model_runs_end_to_end_and_batches_are_independent)
+{
+    for (int a = 0; a < 2; a++) {
+        q8_model *m = small_model(11, a ? Q8_I8 : Q8_U8);
+        int64_t in_shape[Q8_MAX_DIMS], out_shape[Q8_MAX_DIMS];
+        ck_assert_int_eq(q8_model_input_shape(m, in_shape), 4);
+        ck_assert_int_eq(in_shape[0], -1);
+        ck_assert_int_eq(q8_model_output_shape(m, out_shape), 2);
+        ck_assert_int_eq(out_shape[1], 3);
+        rng r = {12};
+        float x[5 * 56], y5[5 * 3], y1[3];
+        for (int i = 0; i < 5 * 56; i++)
+            x[i] = rng_float(&r, -1.0f, 1.0f);
+        /* the integers of each item do not depend on the batch (only linear_dynamic's
+         * per-batch qparams do: compare up to it) */
+        CK_Q8(q8_model_run(m, x, 5, y5));
+        q8_value_info v;
+        int32_t fc1 = find_value(m, "fc1");
+        CK_Q8(q8_model_value(m, fc1, &v));
+        ck_assert_int_eq(v.dtype, a ? Q8_I8 : Q8_U8);
+        uint8_t keep[5 * 6];
+        memcpy(keep, v.data, sizeof keep);
+        for (int i = 0; i < 5; i++) {
+            CK_Q8(q8_model_run(m, x + i * 56, 1, y1));
+            CK_Q8(q8_model_value(m, fc1, &v));
+            ck_assert_int_eq(memcmp(v.data, keep + i * 6, 6), 0);
+        }
+        /* a larger batch grows the buffers; a smaller one reuses them */
+        float x9[9 * 56], y9[9 * 3];
+        for (int i = 0; i < 9 * 56; i++)
+            x9[i] = x[i % (5 * 56)];
+        CK_Q8(q8_model_run(m, x9, 9, y9));
+        ck_assert_int_eq(m->cap_batch, 9);
+        CK_Q8(q8_model_run(m, x, 5, y5));
+        ck_assert_int_eq(m->cap_batch, 9);
+        for (int i = 0; i < 15; i++)
+            ck_assert(isfinite(y5[i]));
+        q8_model_free(m);
+    }
+}
+END_TEST
+
+START_TEST(more_threads_than_at_load_grow_the_scratch_and_keep_the_results)
+{
+    omp_set_num_threads(1);
+    q8_model *m = small_model(31, Q8_U8);
+    ck_assert_int_eq(m->scratch_threads, 1);
+    rng r = {32};
+    float x[6 * 56], y1[18], y3[18];
+    for (int i = 0; i < 6 * 56; i++)
+        x[i] = rng_float(&r, -1.0f, 1.0f);
+    CK_Q8(q8_model_run(m, x, 6, y1));
+    omp_set_num_threads(3);
+    CK_Q8(q8_model_run(m, x, 6, y3));
+    ck_assert_int_eq(m->scratch_threads, 3);
+    ck_assert_int_eq(memcmp(y1, y3, sizeof y1), 0);
+    q8_model_free(m);
+}
+END_TEST
+
+START_TEST(save_then_load_round_trips_every_field_and_result)
+{
+    char *dir = make_tmpdir(), path[128];
+    snprintf(path, sizeof path, "%s/model.h5", dir);
+    q8_model *m = small_model(21, Q8_U8);
+    CK_Q8(q8_model_save(m, path));
+    q8_model *l = q8_model_load(path);
+    ck_assert_msg(l != NULL, "%s", q8_last_error());
+    ck_assert_int_eq(q8_model_n_values(l), q8_model_n_values(m));
+    ck_assert_int_eq(q8_model_n_nodes(l), q8_model_n_nodes(m));
+    ck_assert_str_eq(q8_model_attr(l, "source_model"), "test-small");
+    ck_assert_str_eq(q8_model_attr(l, "qconfig"), "test: per-channel weights");
+    ck_assert_str_eq(q8_model_attr(l, "rounding"), "half_even");
+    for (int32_t k = 0; k < m->n_nodes; k++) {
+        const q8_node *a = &m->nodes[k], *c = &l->nodes[k];
+        ck_assert_int_eq(a->op, c->op);
+        ck_assert_str_eq(a->name, c->name);
+        ck_assert_int_eq(memcmp(a->attr, c->attr, sizeof a->attr), 0);
+        for (int i = 0; i < Q8_MAX_CONSTS; i++) {
+            ck_assert_int_eq(a->cst[i].numel, c->cst[i].numel);
+            if (a->cst[i].data)
+                ck_assert_int_eq(memcmp(a->cst[i].data, c->cst[i].data,
+                                        (size_t)a->cst[i].numel * q8_dtype_size(a->cst[i].dtype)),
+                                 0);
+        }
+    }
+    rng r = {22};
+    float x[3 * 56], y1[9], y2[9];
+    for (int i = 0; i < 3 * 56; i++)
+        x[i] = rng_float(&r, -1.0f, 1.0f);
+    CK_Q8(q8_model_run(m, x, 3, y1));
+    CK_Q8(q8_model_run(l, x, 3, y2));
+    ck_assert_int_eq(memcmp(y1, y2, sizeof y1), 0);
+    for (int32_t id = 0; id < m->n_values; id++) {
+        q8_value_info a, c;
+        CK_Q8(q8_model_value(m, id, &a));
+        CK_Q8(q8_model_value(l, id, &c));
+        ck_assert_int_eq(memcmp(a.data, c.data, (size_t)(3 * m->values[id].item_numel) *
+                                                    q8_dtype_size(a.dtype)), 0);
+    }
+    /* no temporary file is left next to the model */
+    char tmp[160];
+    snprintf(tmp, sizeof tmp, "%s/model.h5.tmp-%ld", dir, (long)getpid());
+    ck_assert_int_ne(access(tmp, F_OK), 0);
+    /* the description names the ops, qparams and sizes */
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    q8_model_describe(l, f);
+    fclose(f);
+    ck_assert_ptr_nonnull(strstr(text, "conv2d"));
+    ck_assert_ptr_nonnull(strstr(text, "'features.3'"));
+    ck_assert_ptr_nonnull(strstr(text, "linear_dynamic"));
+    ck_assert_ptr_nonnull(strstr(text, "scale 0.0199999996"));
+    ck_assert_ptr_nonnull(strstr(text, "constants:"));
+    free(text);
+    q8_model_free(m);
+    q8_model_free(l);
+    unlink(path);
+    rmdir(dir);
+}
+END_TEST
+
+START_TEST(save_into_a_missing_directory_fails_and_keeps_nothing)
+{
+    q8_model *m = small_model(23, Q8_U8);
+    ck_assert_int_eq(q8_model_save(m, "/nonexistent-dir/q8/model.h5"), Q8_ERR_IO);
+    ck_assert_ptr_nonnull(strstr(q8_last_error(), "/nonexistent-dir/q8/model.h5"));
+    q8_model_free(m);
+}
+END_TEST
+
+START_TEST(run_refuses_bad_batches_and_non_float_models)
+{
+    q8_model *m = small_model(24, Q8_U8);
+    float x[56], y[3];
+    memset(x, 0, sizeof x);
+    ck_assert_int_eq(q8_model_run(m, x, 0, y), Q8_ERR_ARG);
+    ck_assert_int_eq(q8_model_run(m, x, INT64_C(1) << 40, y), Q8_ERR_ARG);
+    q8_value_info v;
+    CK_Q8(q8_model_value(m, 3, &v));
+    ck_assert_ptr_null(v.data); /* nothing has run yet */
+    ck_assert_int_eq(q8_model_value(m, 99, &v), Q8_ERR_ARG);
+    q8_model_free(m);
+    int64_t shape[2] = {-1, 4};
+    q8_builder *b = q8_builder_new();
+    int32_t xi = q8_builder_input_quantized(b, "x", (q8_qparams){Q8_U8, 0.1f, 0}, 2, shape);
+    q8_builder_output(b, q8_builder_flatten(b, "f", xi));
+    m = q8_builder_finish(b);
+    ck_assert_int_eq(q8_model_run(m, x, 1, y), Q8_ERR_STATE);
+    q8_model_free(m);
+}
+END_TEST
+
+/* ---------------------------------------------------------------------------------
+ * builder errors
+ * ------------------------------------------------------------------------------- */
+
+START_TEST(builder_errors_name_the_node_and_the_first_error_sticks)
+{
+    int64_t shape[4] = {-1, 3, 5, 5};
+    int8_t w[4 * 2 * 9] = {0};
+    float sw[4] = {0.01f, 0.01f, 0.01f, 0.01f};
+    q8_builder *b = q8_builder_new();
+    int32_t x = q8_builder_input_quantized(b, "x", (q8_qparams){Q8_U8, 0.1f, 0}, 4, shape);
+    q8_conv2d_desc cd = {4, {3, 3}, {1, 1}, {0, 0}, {1, 1}, 2}; /* 3 channels, 2 groups */
+    q8_weights wt = {w, sw, 4, NULL};
+    ck_assert_int_eq(q8_builder_conv2d(b, "conv", x, &cd, &wt, (q8_qparams){Q8_U8, 0.1f, 0},
+                                       Q8_ACT_NONE),
+                     -1);
+    ck_assert_ptr_nonnull(strstr(q8_last_error(), "node 0 (conv2d 'conv')"));
+    ck_assert_ptr_nonnull(strstr(q8_last_error(), "groups = 2"));
+    /* later calls do nothing; finish reports the first error */
+    ck_assert_int_eq(q8_builder_flatten(b, "f", x), -1);
+    ck_assert_int_eq(q8_builder_status(b), Q8_ERR_SHAPE);
+    q8_model *m = q8_builder_finish(b);
+    CK_FAILS_WITH(m, Q8_ERR_SHAPE, "node 0 (conv2d 'conv')");
+}
+END_TEST
+
+START_TEST(builder_refuses_a_bias_that_does_not_fit_int32)
+{
+    int64_t shape[2] = {-1, 4};
+    int8_t w[2 * 4] = {1, 2, 3, 4, 5, 6, 7, 8};
+    float sw[2] = {1e-4f, 1e-4f}, bias[2] = {0.5f, 5000.0f};
+    q8_builder *b = q8_builder_new();
+    int32_t x = q8_builder_input_quantized(b, "x", (q8_qparams){Q8_U8, 1e-3f, 0}, 2, shape);
+    q8_weights wt = {w, sw, 2, bias};
+    ck_assert_int_eq(q8_builder_linear(b, "fc", x, 2, &wt, (q8_qparams){Q8_U8, 0.1f, 0},
+                                       Q8_ACT_NONE),
+                     -1);
+    CK_FAILS_WITH(q8_builder_finish(b), Q8_ERR_NUMERIC, "node 0 (linear 'fc'): bias[1] = 5000");
+}
+END_TEST
+
+START_TEST(builder_refuses_unknown_ops_keys_and_bad_values)
+{
+    int64_t shape[2] = {-1, 4}, bad_batch[2] = {2, 4}, zero_dim[3] = {-1, 0, 2};
+    q8_builder *b = q8_builder_new();
+    ck_assert_int_eq(q8_builder_add_value(b, "v", Q8_U8, 2, shape, 0.0f, 0), -1);
+    CK_FAILS_WITH(q8_builder_finish(b), Q8_ERR_FORMAT, "value 0: scale 0");
+    b = q8_builder_new();
+    ck_assert_int_eq(q8_builder_add_value(b, "v", Q8_I8, 2, shape, 0.1f, 128), -1);
+    CK_FAILS_WITH(q8_builder_finish(b), Q8_ERR_FORMAT, "zero_point 128 is outside the i8 range");
+    b = q8_builder_new();
+    ck_assert_int_eq(q8_builder_add_value(b, "v", Q8_U8, 2, bad_batch, 0.1f, 0), -1);
+    CK_FAILS_WITH(q8_builder_finish(b), Q8_ERR_FORMAT, "dimension 0 is the batch");
+    b = q8_builder_new();
+    ck_assert_int_eq(q8_builder_add_value(b, "v", Q8_U8, 3, zero_dim, 0.1f, 0), -1);
+    CK_FAILS_WITH(q8_builder_finish(b), Q8_ERR_FORMAT, "shape[1] = 0");
+    b = q8_builder_new();
+    int32_t v = q8_builder_add_value(b, "v", Q8_U8, 2, shape, 0.1f, 0);
+    ck_assert_int_eq(q8_builder_add_node(b, "conv3d", "c", &v, 1, &v, 1), -1);
+    CK_FAILS_WITH(q8_builder_finish(b), Q8_ERR_FORMAT, "node 0 ('c'): unknown op 'conv3d'");
+    b = q8_builder_new();
+    v = q8_builder_add_value(b, "v", Q8_U8, 2, shape, 0.1f, 0);
+    int32_t y = q8_builder_add_value(b, "y", Q8_U8, 2, shape, 0.1f, 0);
+    int32_t node = q8_builder_add_node(b, "clamp", "c", &v, 1, &y, 1);
+    ck_assert_int_eq(q8_builder_set_attr(b, node, "clamp_mni", 0), Q8_ERR_FORMAT);
+    CK_FAILS_WITH(q8_builder_finish(b), Q8_ERR_FORMAT, "node 0 (clamp 'c'): unknown attribute "
+                                                       "'clamp_mni'");
+}
+END_TEST
+
+/* ---------------------------------------------------------------------------------
+ * malformed files, crafted with the HDF5 C API
+ * ------------------------------------------------------------------------------- */
+
+/* value 0 x f32 (N,3,7,5) -> node 0 quantize -> value 1 u8 -> node 1 conv2d 3->4 3x3
+ * pad 1 relu -> value 2 u8 (N,4,7,5) -> node 2 dequantize -> value 3 f32 */
+static void save_base_model(const char *path)
+{
+    int8_t w[4 * 3 * 9];
+    float sw[4] = {0.01f, 0.02f, 0.015f, 0.01f}, bias[4] = {0.1f, -0.2f, 0.3f, 0.0f};
+    rng r = {30};
+    fill_weights(&r, w, sizeof w);
+    q8_builder *b = q8_builder_new();
+    int64_t xs[4] = {-1, 3, 7, 5};
+    int32_t x = q8_builder_input(b, "x", Q8_F32, 4, xs);
+    x = q8_builder_quantize(b, "quant", x, (q8_qparams){Q8_U8, 0.02f, 128});
+    q8_conv2d_desc cd = {4, {3, 3}, {1, 1}, {1, 1}, {1, 1}, 1};
+    q8_weights wt = {w, sw, 4, bias};
+    x = q8_builder_conv2d(b, "conv", x, &cd, &wt, (q8_qparams){Q8_U8, 0.05f, 0}, Q8_ACT_RELU);
+    q8_builder_output(b, q8_builder_dequantize(b, "dequant", x));
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_msg(m != NULL, "%s", q8_last_error());
+    CK_Q8(q8_model_save(m, path));
+    q8_model_free(m);
+}
+
+static hid_t open_rw(const char *path)
+{
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    ck_assert_int_ge(f, 0);
+    return f;
+}
+
+static void put_attr(const char *path, const char *obj, const char *name, hid_t type,
+                     const void *data, int64_t n)
+{
+    hid_t f = open_rw(path), o = H5Oopen(f, obj, H5P_DEFAULT);
+    ck_assert_int_ge(o, 0);
+    if (H5Aexists(o, name) > 0)
+        H5Adelete(o, name);
+    hsize_t dims[1] = {(hsize_t)n};
+    hid_t space = n < 0 ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, dims, NULL);
+    hid_t a = H5Acreate2(o, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    ck_assert_int_ge(H5Awrite(a, type, data), 0);
+    H5Aclose(a), H5Sclose(space), H5Oclose(o), H5Fclose(f);
+}
+
+static void put_text(const char *path, const char *obj, const char *name, const char *text)
+{
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, strlen(text) + 1);
+    put_attr(path, obj, name, t, text, -1);
+    H5Tclose(t);
+}
+
+static void put_i64(const char *path, const char *obj, const char *name, int64_t v)
+{
+    put_attr(path, obj, name, H5T_NATIVE_INT64, &v, -1);
+}
+
+static void drop(const char *path, const char *obj, const char *attr)
+{
+    hid_t f = open_rw(path);
+    if (attr) {
+        hid_t o = H5Oopen(f, obj, H5P_DEFAULT);
+        ck_assert_int_ge(H5Adelete(o, attr), 0);
+        H5Oclose(o);
+    } else {
+        ck_assert_int_ge(H5Ldelete(f, obj, H5P_DEFAULT), 0);
+    }
+    H5Fclose(f);
+}
+
+static void put_dataset(const char *path, const char *name, hid_t type, int ndim,
+                        const hsize_t *dims, const void *data, bool chunked_empty)
+{
+    hid_t f = open_rw(path);
+    if (H5Lexists(f, name, H5P_DEFAULT) > 0)
+        H5Ldelete(f, name, H5P_DEFAULT);
+    hid_t space = H5Screate_simple(ndim, dims, NULL), plist = H5Pcreate(H5P_DATASET_CREATE);
+    if (chunked_empty) {
+        hsize_t chunk[Q8_MAX_DIMS];
+        for (int d = 0; d < ndim; d++)
+            chunk[d] = 1;
+        H5Pset_chunk(plist, ndim, chunk);
+    }
+    hid_t ds = H5Dcreate2(f, name, type, space, H5P_DEFAULT, plist, H5P_DEFAULT);
+    ck_assert_int_ge(ds, 0);
+    if (data)
+        ck_assert_int_ge(H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), 0);
+    H5Dclose(ds), H5Pclose(plist), H5Sclose(space), H5Fclose(f);
+}
+
+typedef void (*corrupt_fn)(const char *path);
+
+static void check_corrupt(corrupt_fn fn, q8_status status, const char *needle)
+{
+    char *dir = make_tmpdir(), path[128];
+    snprintf(path, sizeof path, "%s/m.h5", dir);
+    save_base_model(path);
+    fn(path);
+    q8_model *m = q8_model_load(path);
+    CK_FAILS_WITH(m, status, needle);
+    ck_assert_ptr_nonnull(strstr(q8_last_error(), path)); /* the file is named */
+    unlink(path);
+    rmdir(dir);
+}
+
+static void c_not_hdf5(const char *path)
+{
+    FILE *f = fopen(path, "wb");
+    fputs("not a model", f);
+    fclose(f);
+}
+static void c_truncated(const char *path) { ck_assert_int_eq(truncate(path, 600), 0); }
+static void c_format(const char *path) { put_text(path, "/", "format", "other"); }
+static void c_version(const char *path) { put_i64(path, "/", "format_version", 2); }
+static void c_rounding(const char *path) { put_text(path, "/", "rounding", "half_up"); }
+static void c_unknown_root_attr(const char *path) { put_i64(path, "/", "created", 1); }
+static void c_unknown_op(const char *path) { put_text(path, "nodes/1", "op", "conv3d"); }
+static void c_input_out_of_range(const char *path)
+{
+    int32_t ids[1] = {99};
+    put_attr(path, "nodes/1", "inputs", H5T_NATIVE_INT32, ids, 1);
+}
+static void c_use_before_definition(const char *path)
+{
+    int32_t ids[1] = {2}; /* conv reads its own output: a cycle */
+    put_attr(path, "nodes/1", "inputs", H5T_NATIVE_INT32, ids, 1);
+}
+static void c_produced_twice(const char *path)
+{
+    int32_t ids[1] = {1};
+    put_attr(path, "nodes/2", "outputs", H5T_NATIVE_INT32, ids, 1);
+}
+static void c_graph_output_undefined(const char *path)
+{
+    int32_t ids[1] = {0};
+    put_attr(path, "/", "inputs", H5T_NATIVE_INT32, ids, 1);
+    ids[0] = 1;
+    put_attr(path, "/", "inputs", H5T_NATIVE_INT32, ids, 1); /* x is never defined now */
+}
+static void c_zero_scale(const char *path)
+{
+    float s = 0.0f;
+    put_attr(path, "values/1", "scale", H5T_NATIVE_FLOAT, &s, -1);
+}
+static void c_nan_scale(const char *path)
+{
+    float s = NAN;
+    put_attr(path, "values/2", "scale", H5T_NATIVE_FLOAT, &s, -1);
+}
+static void c_negative_scale(const char *path)
+{
+    float s = -0.5f;
+    put_attr(path, "values/2", "scale", H5T_NATIVE_FLOAT, &s, -1);
+}
+static void c_double_scale(const char *path)
+{
+    double s = 0.02;
+    put_attr(path, "values/1", "scale", H5T_NATIVE_DOUBLE, &s, -1);
+}
+static void c_zero_point_range(const char *path)
+{
+    int32_t zp = 300;
+    put_attr(path, "values/1", "zero_point", H5T_NATIVE_INT32, &zp, -1);
+}
+static void c_batch_dim(const char *path)
+{
+    int64_t shape[4] = {1, 3, 7, 5};
+    put_attr(path, "values/0", "shape", H5T_NATIVE_INT64, shape, 4);
+}
+static void c_huge_dim(const char *path)
+{
+    int64_t shape[4] = {-1, 3, INT64_C(1) << 40, 5};
+    put_attr(path, "values/0", "shape", H5T_NATIVE_INT64, shape, 4);
+}
+static void c_shift_range(const char *path)
+{
+    int32_t shift[4] = {70, 31, 31, 31};
+    hsize_t dims[1] = {4};
+    put_dataset(path, "nodes/1/shift", H5T_NATIVE_INT32, 1, dims, shift, false);
+}
+static void c_multiplier_mismatch(const char *path)
+{
+    int32_t mult[4] = {1 << 30, 1 << 30, 1 << 30, 1 << 30};
+    hsize_t dims[1] = {4};
+    put_dataset(path, "nodes/1/multiplier", H5T_NATIVE_INT32, 1, dims, mult, false);
+}
+static void c_output_shape(const char *path)
+{
+    int64_t shape[4] = {-1, 4, 5, 5};
+    put_attr(path, "values/2", "shape", H5T_NATIVE_INT64, shape, 4);
+}
+static void c_weight_channels(const char *path)
+{
+    int8_t w[4 * 2 * 9] = {0};
+    hsize_t dims[4] = {4, 2, 3, 3};
+    put_dataset(path, "nodes/1/weight", H5T_NATIVE_INT8, 4, dims, w, false);
+}
+static void c_bias_size(const char *path)
+{
+    int32_t bias[3] = {0};
+    hsize_t dims[1] = {3};
+    put_dataset(path, "nodes/1/bias", H5T_NATIVE_INT32, 1, dims, bias, false);
+}
+static void c_weight_dtype(const char *path)
+{
+    int16_t w[4 * 3 * 9] = {0};
+    hsize_t dims[4] = {4, 3, 3, 3};
+    put_dataset(path, "nodes/1/weight", H5T_NATIVE_INT16, 4, dims, w, false);
+}
+static void c_weight_no_data(const char *path)
+{
+    hsize_t dims[4] = {4000, 3000, 3, 3}; /* 108 MB declared, nothing stored */
+    put_dataset(path, "nodes/1/weight", H5T_NATIVE_INT8, 4, dims, NULL, true);
+}
+static void c_weight_scale_inf(const char *path)
+{
+    float sw[4] = {0.01f, INFINITY, 0.01f, 0.01f};
+    hsize_t dims[1] = {4};
+    put_dataset(path, "nodes/1/weight_scale", H5T_NATIVE_FLOAT, 1, dims, sw, false);
+}
+static void c_missing_attr(const char *path) { drop(path, "nodes/1", "clamp_min"); }
+static void c_unknown_attr(const char *path) { put_i64(path, "nodes/1", "strid", 2); }
+static void c_attr_range(const char *path) { put_i64(path, "nodes/1", "groups", 0); }
+static void c_clamp_range(const char *path) { put_i64(path, "nodes/1", "clamp_max", 300); }
+static void c_missing_const(const char *path) { drop(path, "nodes/1/multiplier", NULL); }
+static void c_missing_value(const char *path) { drop(path, "values/3", NULL); }
+static void c_count_mismatch(const char *path) { put_i64(path, "/", "n_nodes", 4); }
+static void c_input_dtype(const char *path) { put_text(path, "values/0", "dtype", "u16"); }
+static void c_text_not_string(const char *path) { put_i64(path, "nodes/0", "op", 3); }
+
+START_TEST(malformed_files_are_refused_with_the_node_and_field_named)
+{
+    const struct {
+        corrupt_fn fn;
+        q8_status status;
+        const char *needle;
+    } cases[] = {
+        {c_not_hdf5, Q8_ERR_FORMAT, "not an HDF5 file"},
+        {c_truncated, Q8_ERR_FORMAT, "HDF5"},
+        {c_format, Q8_ERR_FORMAT, "not a cqat-q8 model"},
+        {c_version, Q8_ERR_UNSUPPORTED, "format_version 2"},
+        {c_rounding, Q8_ERR_UNSUPPORTED, "rounding rule 'half_up'"},
+        {c_unknown_root_attr, Q8_ERR_FORMAT, "root: unknown attribute 'created'"},
+        {c_unknown_op, Q8_ERR_FORMAT, "node 1 ('conv'): unknown op 'conv3d'"},
+        {c_input_out_of_range, Q8_ERR_FORMAT, "node 1: input 0 is value 99, but the model has 4"},
+        {c_use_before_definition, Q8_ERR_FORMAT,
+         "node 1 (conv2d 'conv'): input 0 is value 2, which is not defined before this node"},
+        {c_produced_twice, Q8_ERR_FORMAT,
+         "node 2 (dequantize 'dequant'): output 0 is value 1, already produced by node 0"},
+        {c_graph_output_undefined, Q8_ERR_FORMAT, "node 0 (quantize 'quant'): input 0 is value 0"},
+        {c_zero_scale, Q8_ERR_FORMAT, "value 1: scale 0 is not a finite positive number"},
+        {c_nan_scale, Q8_ERR_FORMAT, "value 2: scale nan"},
+        {c_negative_scale, Q8_ERR_FORMAT, "value 2: scale -0.5"},
+        {c_double_scale, Q8_ERR_FORMAT, "value 1: attribute 'scale' must be a float32 scalar"},
+        {c_zero_point_range, Q8_ERR_FORMAT, "value 1: zero_point 300 is outside the u8 range"},
+        {c_batch_dim, Q8_ERR_FORMAT, "value 0: shape[0] = 1"},
+        {c_huge_dim, Q8_ERR_FORMAT, "value 0: shape[2] = 1099511627776 is outside"},
+        {c_shift_range, Q8_ERR_FORMAT,
+         "node 1 (conv2d 'conv'): multiplier[0]: shift 70 is outside [0, 63]"},
+        {c_multiplier_mismatch, Q8_ERR_FORMAT, "does not match the scales"},
+        {c_output_shape, Q8_ERR_SHAPE,
+         "node 1 (conv2d 'conv'): output (value 2) has shape [N, 4, 5, 5], the op gives "
+         "[N, 4, 7, 5]"},
+        {c_weight_channels, Q8_ERR_SHAPE,
+         "node 1 (conv2d 'conv'): input has 3 channels: with groups = 1 the weight needs 3"},
+        {c_bias_size, Q8_ERR_SHAPE, "constant 'bias' has shape [3], the op needs [4]"},
+        {c_weight_dtype, Q8_ERR_FORMAT, "constant 'weight' has an HDF5 type"},
+        {c_weight_no_data, Q8_ERR_FORMAT, "constant 'weight' should hold 108000000 bytes"},
+        {c_weight_scale_inf, Q8_ERR_FORMAT,
+         "node 1 (conv2d 'conv'): constant 'weight_scale'[1] = inf is not a finite positive"},
+        {c_missing_attr, Q8_ERR_FORMAT, "node 1 (conv2d 'conv'): attribute 'clamp_min' is missing"},
+        {c_unknown_attr, Q8_ERR_FORMAT, "node 1 (conv2d 'conv'): unknown attribute 'strid'"},
+        {c_attr_range, Q8_ERR_FORMAT, "attribute 'groups' = 0 is out of range"},
+        {c_clamp_range, Q8_ERR_FORMAT, "attribute 'clamp_max' = 300 is out of range"},
+        {c_missing_const, Q8_ERR_FORMAT, "node 1 (conv2d 'conv'): constant 'multiplier' is missing"},
+        {c_missing_value, Q8_ERR_FORMAT, "group 'values' holds 3 members"},
+        {c_count_mismatch, Q8_ERR_FORMAT, "group 'nodes' holds 3 members"},
+        {c_input_dtype, Q8_ERR_FORMAT, "value 0: dtype 'u16'"},
+        {c_text_not_string, Q8_ERR_FORMAT, "node 0: attribute 'op' must be a string"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        check_corrupt(cases[i].fn, cases[i].status, cases[i].needle);
+}
+END_TEST
+
+START_TEST(load_of_a_missing_file_is_an_io_error)
+{
+    q8_model *m = q8_model_load("/nonexistent/model.h5");
+    CK_FAILS_WITH(m, Q8_ERR_IO, "/nonexistent/model.h5: cannot open");
+}
+END_TEST
+
+Suite *make_suite(void)
+{
+    Suite *s = suite_create("quantized");
+    TCase *tc = tcase_create("requantization");
+    tcase_add_test(tc, requantize_single_rounding_avoids_the_double_rounding_golden_case);
+    tcase_add_test(tc, requantize_breaks_exact_ties_to_even);
+    tcase_add_test(tc, requantize_handles_shift_zero_and_large_shifts);
+    tcase_add_test(tc, requantize_equals_exact_rounding_on_random_inputs);
+    tcase_add_test(tc, rq_div_is_one_exact_half_even_rounding_of_the_quotient);
+    tcase_add_test(tc, multiplier_below_one_is_normalized_into_2p30_2p31);
+    tcase_add_test(tc, multiplier_at_least_one_uses_small_shifts);
+    tcase_add_test(tc, multiplier_tiny_underflows_to_zero);
+    tcase_add_test(tc, multiplier_rounding_up_to_2p31_renormalizes);
+    tcase_add_test(tc, multiplier_relative_error_is_at_most_2m31);
+    tcase_add_test(tc, multiplier_rejects_zero_negative_and_nonfinite);
+    tcase_add_test(tc, quantize_value_follows_pytorch_quantize_val);
+    tcase_add_test(tc, bias_quantizes_half_even_and_refuses_int32_overflow);
+    tcase_add_test(tc, dynamic_qparams_match_choose_quantization_params);
+    tcase_add_test(tc, fused_activation_bounds_come_from_the_output_qparams);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("gemm");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, gemm_avx2_equals_reference_on_random_shapes);
+    tcase_add_test(tc, gemm_worst_case_products_over_long_k_do_not_saturate);
+    tcase_add_test(tc, requant_avx2_equals_reference_on_random_rows);
+    tcase_add_test(tc, pack_weights_refuses_weights_that_could_overflow_int32);
+    tcase_add_test(tc, pack_weights_folds_the_input_zero_point_into_the_bias);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("ops");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, quantize_op_matches_the_formula_with_ties_nan_and_inf);
+    tcase_add_test(tc, dequantize_op_is_scale_times_q_minus_zero_point);
+    tcase_add_test(tc, conv2d_matches_integer_and_real_references);
+    tcase_add_test(tc, linear_matches_integer_and_real_references);
+    tcase_add_test(tc, linear_dynamic_matches_pytorch_formula_and_float_linear);
+    tcase_add_test(tc, add_matches_the_float_sum_and_add_relu_clamps_at_the_zero_point);
+    tcase_add_test(tc, mul_matches_the_float_product);
+    tcase_add_test(tc, cat_requantizes_each_input_and_copies_equal_qparams);
+    tcase_add_test(tc, max_pool2d_takes_the_window_max_with_padding_dilation_and_ceil_mode);
+    tcase_add_test(tc, avg_pool2d_is_the_half_even_mean_with_both_pad_counting_rules);
+    tcase_add_test(tc, adaptive_avg_pool2d_uses_pytorch_windows);
+    tcase_add_test(tc, flatten_and_clamp_move_integers_without_changing_qparams);
+    tcase_add_test(tc, hardswish_table_matches_the_float_formula);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("model");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, small_model_runs_end_to_end_and_batches_are_independent);
+    tcase_add_test(tc, more_threads_than_at_load_grow_the_scratch_and_keep_the_results);
+    tcase_add_test(tc, save_then_load_round_trips_every_field_and_result);
+    tcase_add_test(tc, save_into_a_missing_directory_fails_and_keeps_nothing);
+    tcase_add_test(tc, run_refuses_bad_batches_and_non_float_models);
+    tcase_add_test(tc, builder_errors_name_the_node_and_the_first_error_sticks);
+    tcase_add_test(tc, builder_refuses_a_bias_that_does_not_fit_int32);
+    tcase_add_test(tc, builder_refuses_unknown_ops_keys_and_bad_values);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("files");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, malformed_files_are_refused_with_the_node_and_field_named);
+    tcase_add_test(tc, load_of_a_missing_file_is_an_io_error);
+    suite_add_tcase(s, tc);
+    return s;
+}

@@ -49,41 +49,56 @@ static q8_status check(const q8_model *m, const q8_node *n)
     return st;
 }
 
+typedef struct avg_args {
+    int64_t h, w, oh_n, ow_n, kh, kw, sh, sw, ph, pw, include_pad, divisor;
+    int32_t mult, shift, zi, zo, qmin, qmax;
+    q8_dtype dt;
+} avg_args;
+
+/* One output plane, with every parameter in a local struct (see max_pool2d.c). */
+static void avg_plane(const uint8_t *xp, uint8_t *yp, const avg_args *p)
+{
+    const avg_args a = *p;
+    for (int64_t oh = 0; oh < a.oh_n; oh++) {
+        int64_t h0 = oh * a.sh - a.ph;
+        int64_t h1 = h0 + a.kh < a.h + a.ph ? h0 + a.kh : a.h + a.ph;
+        int64_t hs = h0 > 0 ? h0 : 0, he = h1 < a.h ? h1 : a.h;
+        for (int64_t ow = 0; ow < a.ow_n; ow++) {
+            int64_t w0 = ow * a.sw - a.pw;
+            int64_t w1 = w0 + a.kw < a.w + a.pw ? w0 + a.kw : a.w + a.pw;
+            int64_t ws = w0 > 0 ? w0 : 0, we = w1 < a.w ? w1 : a.w;
+            int64_t acc = 0;
+            for (int64_t ih = hs; ih < he; ih++)
+                for (int64_t iw = ws; iw < we; iw++)
+                    acc += q8_load(xp, ih * a.w + iw, a.dt) - a.zi;
+            int64_t divide = a.divisor       ? a.divisor
+                             : a.include_pad ? (h1 - h0) * (w1 - w0)
+                                             : (he - hs) * (we - ws);
+            int64_t v = a.zo + q8_rq_div(acc, a.mult, a.shift, divide > 0 ? divide : 1);
+            yp[oh * a.ow_n + ow] = (uint8_t)q8_clamp64(v, a.qmin, a.qmax);
+        }
+    }
+}
+
 static q8_status run(q8_model *m, const q8_node *n, int64_t batch)
 {
     const q8_value *x = q8_in(m, n, 0), *y = q8_out(m, n);
     const uint8_t *xd = q8_value_data(m, n->in[0]); // (N, C, H, W)
     uint8_t *yd = q8_value_data(m, n->out[0]);      // (N, C, OH, OW)
     const int64_t *a = n->attr;
-    int32_t mult = (int32_t)a[MULT], shift = (int32_t)a[SHIFT];
-    int64_t h = x->shape[2], w = x->shape[3], oh_n = y->shape[2], ow_n = y->shape[3];
-    int64_t planes = batch * x->shape[1];
-    int32_t zi = x->zero_point, zo = y->zero_point, qmin = q8_qmin(y->dtype),
-            qmax = q8_qmax(y->dtype);
-#pragma omp parallel for schedule(static) if (planes * oh_n * ow_n > 16384)
-    for (int64_t t = 0; t < planes; t++) {
-        const uint8_t *xp = xd + t * h * w; // (H, W)
-        uint8_t *yp = yd + t * oh_n * ow_n; // (OH, OW)
-        for (int64_t oh = 0; oh < oh_n; oh++) {
-            int64_t h0 = oh * a[STRIDE_H] - a[PAD_H];
-            int64_t h1 = h0 + a[KERNEL_H] < h + a[PAD_H] ? h0 + a[KERNEL_H] : h + a[PAD_H];
-            int64_t hs = h0 > 0 ? h0 : 0, he = h1 < h ? h1 : h;
-            for (int64_t ow = 0; ow < ow_n; ow++) {
-                int64_t w0 = ow * a[STRIDE_W] - a[PAD_W];
-                int64_t w1 = w0 + a[KERNEL_W] < w + a[PAD_W] ? w0 + a[KERNEL_W] : w + a[PAD_W];
-                int64_t ws = w0 > 0 ? w0 : 0, we = w1 < w ? w1 : w;
-                int64_t acc = 0;
-                for (int64_t ih = hs; ih < he; ih++)
-                    for (int64_t iw = ws; iw < we; iw++)
-                        acc += q8_load(xp, ih * w + iw, x->dtype) - zi;
-                int64_t divide = a[DIVISOR_OVERRIDE]    ? a[DIVISOR_OVERRIDE]
-                                 : a[COUNT_INCLUDE_PAD] ? (h1 - h0) * (w1 - w0)
-                                                        : (he - hs) * (we - ws);
-                int64_t v = zo + q8_rq_div(acc, mult, shift, divide > 0 ? divide : 1);
-                yp[oh * ow_n + ow] = (uint8_t)q8_clamp64(v, qmin, qmax);
-            }
-        }
-    }
+    avg_args args = {
+        .h = x->shape[2], .w = x->shape[3], .oh_n = y->shape[2], .ow_n = y->shape[3],
+        .kh = a[KERNEL_H], .kw = a[KERNEL_W], .sh = a[STRIDE_H], .sw = a[STRIDE_W],
+        .ph = a[PAD_H], .pw = a[PAD_W], .include_pad = a[COUNT_INCLUDE_PAD],
+        .divisor = a[DIVISOR_OVERRIDE], .mult = (int32_t)a[MULT], .shift = (int32_t)a[SHIFT],
+        .zi = x->zero_point, .zo = y->zero_point, .qmin = q8_qmin(y->dtype),
+        .qmax = q8_qmax(y->dtype), .dt = x->dtype,
+    };
+    int64_t planes = batch * x->shape[1], in_plane = args.h * args.w;
+    int64_t out_plane = args.oh_n * args.ow_n;
+#pragma omp parallel for schedule(static) if (planes * out_plane > 16384)
+    for (int64_t t = 0; t < planes; t++)
+        avg_plane(xd + t * in_plane, yd + t * out_plane, &args);
     return Q8_OK;
 }
 

@@ -12,13 +12,18 @@
  * - GEMM: per image, per group and per chunk of output positions, im2row writes the
  *   patches as rows of A (uint8, int8 inputs shifted by +128), and q8_gemm multiplies
  *   them with the packed weights, whose bias already holds -zp_in * sum_k W (folded at
- *   pack time, so the loop never subtracts a zero point);
- * - direct: one input channel per group (depthwise, any channel multiplier), a plain
- *   window loop that subtracts zp_in and skips the padding.
+ *   pack time, so the loop never subtracts a zero point); the results come out
+ *   transposed, one contiguous row per output channel, for the requantization;
+ * - direct: depthwise (groups > 1, one input channel per group, any channel multiplier,
+ *   output rows up to DIRECT_COLS wide): per output row and kernel tap, a branch-free
+ *   loop over the output columns that subtracts zp_in and skips the padding.
+ * Both obey the same int32 accumulator rule (q8_acc_overflows), so whether a file loads
+ * never depends on the kernel.
  */
 #include "quantized/builder.h"
 
 #include <inttypes.h>
+#include <omp.h>
 #include <stdlib.h>
 
 enum { STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W, GROUPS, CLAMP_MIN, CLAMP_MAX };
@@ -42,6 +47,8 @@ static const q8_const_spec consts[] = {
     [SHIFT] = {"shift", true},
 };
 static const q8_weight_consts wconsts = {WEIGHT_SCALE, BIAS, MULTIPLIER, SHIFT};
+
+enum { DIRECT_COLS = 256 }; /* the direct kernel keeps one output row on the stack */
 
 /* Everything the loops need, derived once. */
 typedef struct conv_geom {
@@ -147,7 +154,7 @@ static void release(q8_node *n)
     n->prep = NULL;
 }
 
-/* Direct path: acc = b_q + sum (x - zp) * w stays in int32 if 255 * sum|w| + |b_q| does. */
+/* Direct path: acc = b_q + sum (x - zp) * w, under the same int32 rule as the GEMM. */
 static q8_status prepare_direct(const q8_node *n, conv_prep *pp)
 {
     const conv_geom *g = &pp->g;
@@ -157,11 +164,13 @@ static q8_status prepare_direct(const q8_node *n, conv_prep *pp)
     if (!pp->bias)
         return q8_node_error(n, Q8_ERR_NOMEM, "out of memory");
     for (int64_t o = 0; o < g->o; o++) {
-        int64_t abs_sum = 0;
-        for (int64_t i = 0; i < g->k; i++)
+        int64_t abs_sum = 0, sum = 0;
+        for (int64_t i = 0; i < g->k; i++) {
             abs_sum += abs(w[o * g->k + i]);
+            sum += w[o * g->k + i];
+        }
         int64_t b = bq ? bq[o] : 0;
-        if (255 * abs_sum + (b < 0 ? -b : b) > INT32_MAX)
+        if (q8_acc_overflows(abs_sum, b, b - pp->zp_u8 * sum))
             return q8_node_error(n, Q8_ERR_NUMERIC,
                                  "output channel %" PRId64 ": the int32 accumulator could "
                                  "overflow (255 * sum|W| = %" PRId64 ", bias %" PRId64 ")",
@@ -181,7 +190,9 @@ static q8_status prepare(q8_model *m, q8_node *n)
     const q8_value *x = q8_in(m, n, 0);
     pp->xor_in = q8_xor(x->dtype);
     pp->zp_u8 = x->zero_point + (x->dtype == Q8_I8 ? 128 : 0);
-    pp->direct = pp->g.cg == 1;
+    /* Depthwise (one input channel per group) runs direct; a single-channel input with
+     * groups = 1 (a grayscale first layer) is a plain GEMM of K = kH*kW. */
+    pp->direct = pp->g.cg == 1 && pp->g.groups > 1 && pp->g.ow <= DIRECT_COLS;
     if (pp->direct)
         return prepare_direct(n, pp);
     q8_status st = q8_pack_weights(n, n->cst[WEIGHT].data, pp->g.o, pp->g.k, n->cst[BIAS].data,
@@ -194,32 +205,50 @@ static q8_status prepare(q8_model *m, q8_node *n)
     return Q8_OK;
 }
 
-/* Rows p0 .. p0+rows of the patch matrix of group grp of one image:
- * a[r][(c*kh + i)*kw + j] = x[grp*cg + c][ih][iw] (uint8 domain), padding = zp_u8. */
+/* One patch row: a[(c*kh + i)*kw + j] = x[grp*cg + c][ih][iw] (uint8 domain), padding =
+ * zp_u8. Whether a kernel row lies inside the image does not depend on the channel, so
+ * the checks are made once per (row, i) and the channel loop only copies. */
+static void patch(const conv_prep *pp, const uint8_t *xg, int64_t oh, int64_t ow, uint8_t *ar)
+{
+    const conv_geom g = pp->g; /* a local copy: the byte stores below alias everything */
+    const uint8_t pad = (uint8_t)pp->zp_u8, flip = pp->xor_in;
+    const int64_t plane = g.h * g.w, iw0 = ow * g.sw - g.pw;
+    const bool cols_inside = iw0 >= 0 && iw0 + (g.kw - 1) * g.dw < g.w;
+    for (int64_t i = 0; i < g.kh; i++) {
+        int64_t ih = oh * g.sh - g.ph + i * g.dh;
+        uint8_t *dst = ar + i * g.kw;
+        if (ih < 0 || ih >= g.h) {
+            for (int64_t c = 0; c < g.cg; c++)
+                memset(dst + c * g.kh * g.kw, pad, (size_t)g.kw);
+        } else if (cols_inside) {
+            const uint8_t *src = xg + ih * g.w + iw0;
+            for (int64_t c = 0; c < g.cg; c++, src += plane, dst += g.kh * g.kw)
+                for (int64_t j = 0; j < g.kw; j++)
+                    dst[j] = (uint8_t)(src[j * g.dw] ^ flip);
+        } else {
+            const uint8_t *src = xg + ih * g.w;
+            for (int64_t c = 0; c < g.cg; c++, src += plane, dst += g.kh * g.kw)
+                for (int64_t j = 0; j < g.kw; j++) {
+                    int64_t iw = iw0 + j * g.dw;
+                    dst[j] = iw >= 0 && iw < g.w ? (uint8_t)(src[iw] ^ flip) : pad;
+                }
+        }
+    }
+}
+
+/* Rows p0 .. p0+rows of the patch matrix of group grp of one image (kp bytes each, zero
+ * padded beyond K). */
 static void im2row(const conv_prep *pp, const uint8_t *xb, int64_t grp, int64_t p0,
                    int64_t rows, uint8_t *a)
 {
     const conv_geom *g = &pp->g;
-    uint8_t pad = (uint8_t)pp->zp_u8, flip = pp->xor_in;
+    const uint8_t *xg = xb + grp * g->cg * g->h * g->w; // (cg, H, W)
     int64_t kp = pp->pk.kp;
-#pragma omp parallel for schedule(static) if (rows * g->k > 65536)
+#pragma omp parallel for schedule(static) if (rows * g->k > 65536 && !omp_in_parallel())
     for (int64_t r = 0; r < rows; r++) {
-        int64_t oh = (p0 + r) / g->ow, ow = (p0 + r) % g->ow;
         uint8_t *ar = a + r * kp; // (kp)
-        int64_t k = 0;
-        for (int64_t c = 0; c < g->cg; c++) {
-            const uint8_t *xc = xb + (grp * g->cg + c) * g->h * g->w; // (H, W)
-            for (int64_t i = 0; i < g->kh; i++) {
-                int64_t ih = oh * g->sh - g->ph + i * g->dh;
-                bool row_in = ih >= 0 && ih < g->h;
-                for (int64_t j = 0; j < g->kw; j++) {
-                    int64_t iw = ow * g->sw - g->pw + j * g->dw;
-                    ar[k++] = row_in && iw >= 0 && iw < g->w ? (uint8_t)(xc[ih * g->w + iw] ^ flip)
-                                                             : pad;
-                }
-            }
-        }
-        memset(ar + k, 0, (size_t)(kp - k));
+        patch(pp, xg, (p0 + r) / g->ow, (p0 + r) % g->ow, ar);
+        memset(ar + g->k, 0, (size_t)(kp - g->k));
     }
 }
 
@@ -241,33 +270,82 @@ static requant_args requant_of(const q8_model *m, const q8_node *n)
     return r;
 }
 
-static void run_gemm(q8_model *m, const q8_node *n, int64_t batch)
+/* One image through im2row, GEMM and requantization, chunk by chunk, in `scratch`. Run
+ * inside the per-image parallel loop, the inner loops stay serial (omp_in_parallel). */
+static void conv_image(const q8_model *m, const q8_node *n, const uint8_t *xb, uint8_t *yb,
+                       uint8_t *scratch)
 {
     const conv_prep *pp = n->prep;
     const conv_geom *g = &pp->g;
     requant_args rq = requant_of(m, n);
+    uint8_t *a = scratch;                                                  // (chunk, kp)
+    int32_t *acc = (int32_t *)(scratch + (pp->chunk * pp->pk.kp + 63) / 64 * 64); // (og, chunk)
+    bool inner = !omp_in_parallel();
+    for (int64_t grp = 0; grp < g->groups; grp++) {
+        for (int64_t p0 = 0; p0 < g->p; p0 += pp->chunk) {
+            int64_t rows = g->p - p0 < pp->chunk ? g->p - p0 : pp->chunk;
+            im2row(pp, xb, grp, p0, rows, a);
+            /* stored transposed, (og, rows): each channel's results are contiguous */
+            q8_gemm(m->kernel, rows, g->og, pp->pk.kp, a, pp->pk.kp,
+                    pp->pk.w + grp * g->og * pp->pk.kp, pp->pk.bias + grp * g->og, acc, 1, rows);
+#pragma omp parallel for schedule(static) if (inner && rows * g->og > 16384)
+            for (int64_t o = 0; o < g->og; o++) {
+                int64_t oc = grp * g->og + o, mi = rq.n_mult == 1 ? 0 : oc;
+                q8_requant(m->kernel, acc + o * rows, rows, rq.mult + mi, rq.shift + mi, 0, rq.zp,
+                           rq.lo, rq.hi, yb + oc * g->p + p0);
+            }
+        }
+    }
+}
+
+/* A batch runs as one parallel region over images, each thread with its own scratch
+ * (under a passive OpenMP wait policy every region costs a wake-up); a single image
+ * parallelizes inside instead. */
+static void run_gemm(q8_model *m, const q8_node *n, int64_t batch)
+{
+    const conv_geom *g = &((const conv_prep *)n->prep)->g;
     const uint8_t *x = q8_value_data(m, n->in[0]); // (N, C, H, W)
     uint8_t *y = q8_value_data(m, n->out[0]);      // (N, O, OH, OW)
-    uint8_t *a = m->scratch;                        // (chunk, kp)
-    int32_t *acc = (int32_t *)(m->scratch + (pp->chunk * pp->pk.kp + 63) / 64 * 64); // (chunk, og)
-    for (int64_t b = 0; b < batch; b++) {
-        const uint8_t *xb = x + b * g->c * g->h * g->w;
-        uint8_t *yb = y + b * g->o * g->p;
-        for (int64_t grp = 0; grp < g->groups; grp++) {
-            for (int64_t p0 = 0; p0 < g->p; p0 += pp->chunk) {
-                int64_t rows = g->p - p0 < pp->chunk ? g->p - p0 : pp->chunk;
-                im2row(pp, xb, grp, p0, rows, a);
-                q8_gemm(m->kernel, rows, g->og, pp->pk.kp, a, pp->pk.kp,
-                        pp->pk.w + grp * g->og * pp->pk.kp, pp->pk.bias + grp * g->og, acc, g->og);
-#pragma omp parallel for schedule(static) if (rows * g->og > 16384)
-                for (int64_t o = 0; o < g->og; o++) {
-                    int64_t oc = grp * g->og + o, mi = rq.n_mult == 1 ? 0 : oc;
-                    uint8_t *yo = yb + oc * g->p + p0;
-                    for (int64_t r = 0; r < rows; r++)
-                        yo[r] = q8_rq_byte(acc[r * g->og + o], rq.mult[mi], rq.shift[mi], rq.zp,
-                                           rq.lo, rq.hi);
-                }
-            }
+    bool per_image = batch > 1 && m->scratch_threads > 1;
+#pragma omp parallel for schedule(dynamic, 1) if (per_image)
+    for (int64_t b = 0; b < batch; b++)
+        conv_image(m, n, x + b * g->c * g->h * g->w, y + b * g->o * g->p,
+                   q8_scratch(m, per_image ? omp_get_thread_num() : 0));
+}
+
+/* Output columns [ow_lo, ow_hi) whose input column ow*sw - pw + j*dw is inside [0, W). */
+static void valid_cols(const conv_geom *g, int64_t j, int64_t *ow_lo, int64_t *ow_hi)
+{
+    int64_t off = j * g->dw - g->pw; /* iw = ow * sw + off */
+    int64_t lo = off >= 0 ? 0 : (-off + g->sw - 1) / g->sw;
+    int64_t hi = g->w - 1 - off < 0 ? 0 : (g->w - 1 - off) / g->sw + 1;
+    *ow_lo = lo < g->ow ? lo : g->ow;
+    *ow_hi = hi < g->ow ? hi : g->ow;
+    if (*ow_hi < *ow_lo)
+        *ow_hi = *ow_lo;
+}
+
+/* One output row of one depthwise channel: per kernel tap, a branch-free loop over the
+ * output columns whose input column is inside the image (stride 1: contiguous, so the
+ * compiler vectorizes it). */
+static void direct_row(const conv_prep *pp, const uint8_t *xc, const int8_t *wo, int64_t oh,
+                       int32_t bias, int32_t *acc)
+{
+    const conv_geom *g = &pp->g;
+    for (int64_t ow = 0; ow < g->ow; ow++)
+        acc[ow] = bias;
+    for (int64_t i = 0; i < g->kh; i++) {
+        int64_t ih = oh * g->sh - g->ph + i * g->dh;
+        if (ih < 0 || ih >= g->h)
+            continue;
+        const uint8_t *xr = xc + ih * g->w; // (W)
+        for (int64_t j = 0; j < g->kw; j++) {
+            int64_t lo = 0, hi = 0, off = j * g->dw - g->pw;
+            valid_cols(g, j, &lo, &hi);
+            int32_t wv = wo[i * g->kw + j], zp = pp->zp_u8;
+            uint8_t flip = pp->xor_in;
+            for (int64_t ow = lo; ow < hi; ow++)
+                acc[ow] += ((int32_t)(uint8_t)(xr[ow * g->sw + off] ^ flip) - zp) * wv;
         }
     }
 }
@@ -283,27 +361,14 @@ static void run_direct(q8_model *m, const q8_node *n, int64_t batch)
     int64_t planes = batch * g->o;
 #pragma omp parallel for schedule(static) if (planes * g->p * g->k > 32768)
     for (int64_t t = 0; t < planes; t++) {
+        int32_t acc[DIRECT_COLS]; // (OW)
         int64_t b = t / g->o, oc = t % g->o, mi = rq.n_mult == 1 ? 0 : oc;
         const uint8_t *xc = x + (b * g->c + oc / g->og) * g->h * g->w; // (H, W)
-        const int8_t *wo = w + oc * g->k;                              // (kH, kW)
         uint8_t *yo = y + t * g->p;                                    // (OH, OW)
         for (int64_t oh = 0; oh < g->oh; oh++) {
-            for (int64_t ow = 0; ow < g->ow; ow++) {
-                int32_t acc = pp->bias[oc];
-                for (int64_t i = 0; i < g->kh; i++) {
-                    int64_t ih = oh * g->sh - g->ph + i * g->dh;
-                    if (ih < 0 || ih >= g->h)
-                        continue;
-                    for (int64_t j = 0; j < g->kw; j++) {
-                        int64_t iw = ow * g->sw - g->pw + j * g->dw;
-                        if (iw >= 0 && iw < g->w)
-                            acc += ((int32_t)(xc[ih * g->w + iw] ^ pp->xor_in) - pp->zp_u8) *
-                                   wo[i * g->kw + j];
-                    }
-                }
-                yo[oh * g->ow + ow] =
-                    q8_rq_byte(acc, rq.mult[mi], rq.shift[mi], rq.zp, rq.lo, rq.hi);
-            }
+            direct_row(pp, xc, w + oc * g->k, oh, pp->bias[oc], acc);
+            q8_requant(m->kernel, acc, g->ow, rq.mult + mi, rq.shift + mi, 0, rq.zp, rq.lo,
+                       rq.hi, yo + oh * g->ow);
         }
     }
 }

@@ -97,8 +97,8 @@ static q8_status run(q8_model *m, const q8_node *n, int64_t batch)
     const q8_packed *pk = &pp->pk;
     const uint8_t *x = q8_value_data(m, n->in[0]); // (N, K)
     uint8_t *y = q8_value_data(m, n->out[0]);      // (N, O)
-    uint8_t *a = m->scratch;                        // (chunk, kp)
-    int32_t *acc = (int32_t *)(m->scratch + (Q8_CHUNK_ROWS * pk->kp + 63) / 64 * 64); // (chunk, O)
+    uint8_t *a = q8_scratch(m, 0);                       // (chunk, kp)
+    int32_t *acc = (int32_t *)(q8_scratch(m, 0) + (Q8_CHUNK_ROWS * pk->kp + 63) / 64 * 64); // (chunk, O)
     const int32_t *mult = n->cst[MULTIPLIER].data, *shift = n->cst[SHIFT].data;
     bool per_tensor = n->cst[MULTIPLIER].numel == 1;
     int32_t zp = q8_out(m, n)->zero_point;
@@ -114,15 +114,11 @@ static q8_status run(q8_model *m, const q8_node *n, int64_t batch)
             }
             ar = a;
         }
-        q8_gemm(m->kernel, rows, pk->n, pk->kp, ar, pk->kp, pk->w, pk->bias, acc, pk->n);
+        q8_gemm(m->kernel, rows, pk->n, pk->kp, ar, pk->kp, pk->w, pk->bias, acc, pk->n, 1);
 #pragma omp parallel for schedule(static) if (rows * pk->n > 16384)
-        for (int64_t r = 0; r < rows; r++) {
-            uint8_t *yr = y + (r0 + r) * pk->n;
-            for (int64_t o = 0; o < pk->n; o++) {
-                int64_t mi = per_tensor ? 0 : o;
-                yr[o] = q8_rq_byte(acc[r * pk->n + o], mult[mi], shift[mi], zp, lo, hi);
-            }
-        }
+        for (int64_t r = 0; r < rows; r++)
+            q8_requant(m->kernel, acc + r * pk->n, pk->n, mult, shift, per_tensor ? 0 : 1, zp,
+                       lo, hi, y + (r0 + r) * pk->n);
     }
     return Q8_OK;
 }

@@ -110,8 +110,8 @@ static q8_status run(q8_model *m, const q8_node *n, int64_t batch)
     const q8_packed *pk = n->prep;
     const float *x = q8_value_data(m, n->in[0]); // (N, K)
     float *y = q8_value_data(m, n->out[0]);      // (N, O)
-    uint8_t *a = m->scratch;                      // (chunk, kp)
-    int32_t *acc = (int32_t *)(m->scratch + (Q8_CHUNK_ROWS * pk->kp + 63) / 64 * 64); // (chunk, O)
+    uint8_t *a = q8_scratch(m, 0);                     // (chunk, kp)
+    int32_t *acc = (int32_t *)(q8_scratch(m, 0) + (Q8_CHUNK_ROWS * pk->kp + 63) / 64 * 64); // (chunk, O)
     const float *sw = n->cst[WEIGHT_SCALE].data, *bias = n->cst[BIAS].data;
     bool per_tensor = n->cst[WEIGHT_SCALE].numel == 1, relu = n->attr[RELU] != 0;
     float min = 0, max = 0, sx = 0;
@@ -132,7 +132,7 @@ static q8_status run(q8_model *m, const q8_node *n, int64_t batch)
             }
             memset(ar + pk->k, 0, (size_t)(pk->kp - pk->k));
         }
-        q8_gemm(m->kernel, rows, pk->n, pk->kp, a, pk->kp, pk->w, NULL, acc, pk->n);
+        q8_gemm(m->kernel, rows, pk->n, pk->kp, a, pk->kp, pk->w, NULL, acc, pk->n, 1);
 #pragma omp parallel for schedule(static) if (rows * pk->n > 16384)
         for (int64_t r = 0; r < rows; r++) {
             float *yr = y + (r0 + r) * pk->n;

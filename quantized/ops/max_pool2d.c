@@ -33,39 +33,45 @@ static q8_status check(const q8_model *m, const q8_node *n)
     return st;
 }
 
+/* One output plane. The attributes are copied into locals first: the byte stores may
+ * alias anything, and would otherwise force a reload of every attribute per element. */
+static void pool_plane(const uint8_t *xp, uint8_t *yp, int64_t h, int64_t w, int64_t oh_n,
+                       int64_t ow_n, const int64_t *a, uint8_t flip)
+{
+    const int64_t kh = a[KERNEL_H], kw = a[KERNEL_W], sh = a[STRIDE_H], sw = a[STRIDE_W];
+    const int64_t ph = a[PAD_H], pw = a[PAD_W], dh = a[DIL_H], dw = a[DIL_W];
+    for (int64_t oh = 0; oh < oh_n; oh++) {
+        for (int64_t ow = 0; ow < ow_n; ow++) {
+            uint8_t best = 0;
+            for (int64_t i = 0; i < kh; i++) {
+                int64_t ih = oh * sh - ph + i * dh;
+                if (ih < 0 || ih >= h)
+                    continue;
+                const uint8_t *xr = xp + ih * w;
+                for (int64_t j = 0; j < kw; j++) {
+                    int64_t iw = ow * sw - pw + j * dw;
+                    uint8_t v = iw >= 0 && iw < w ? (uint8_t)(xr[iw] ^ flip) : 0;
+                    best = v > best ? v : best;
+                }
+            }
+            yp[oh * ow_n + ow] = (uint8_t)(best ^ flip);
+        }
+    }
+}
+
 static q8_status run(q8_model *m, const q8_node *n, int64_t batch)
 {
     const q8_value *x = q8_in(m, n, 0), *y = q8_out(m, n);
     const uint8_t *xd = q8_value_data(m, n->in[0]); // (N, C, H, W)
     uint8_t *yd = q8_value_data(m, n->out[0]);      // (N, C, OH, OW)
-    const int64_t *a = n->attr;
     int64_t h = x->shape[2], w = x->shape[3], oh_n = y->shape[2], ow_n = y->shape[3];
     int64_t planes = batch * x->shape[1];
-    /* Compare in the uint8 domain (int8 + 128 keeps the order), flip back on store. */
+    /* Compare in the uint8 domain (int8 + 128 keeps the order), flip back on store; 0 in
+     * that domain is qmin, the value of a window without input positions. */
     uint8_t flip = q8_xor(x->dtype);
 #pragma omp parallel for schedule(static) if (planes * oh_n * ow_n > 16384)
-    for (int64_t t = 0; t < planes; t++) {
-        const uint8_t *xp = xd + t * h * w;   // (H, W)
-        uint8_t *yp = yd + t * oh_n * ow_n;   // (OH, OW)
-        for (int64_t oh = 0; oh < oh_n; oh++) {
-            for (int64_t ow = 0; ow < ow_n; ow++) {
-                uint8_t best = 0;
-                for (int64_t i = 0; i < a[KERNEL_H]; i++) {
-                    int64_t ih = oh * a[STRIDE_H] - a[PAD_H] + i * a[DIL_H];
-                    if (ih < 0 || ih >= h)
-                        continue;
-                    for (int64_t j = 0; j < a[KERNEL_W]; j++) {
-                        int64_t iw = ow * a[STRIDE_W] - a[PAD_W] + j * a[DIL_W];
-                        if (iw < 0 || iw >= w)
-                            continue;
-                        uint8_t v = (uint8_t)(xp[ih * w + iw] ^ flip);
-                        best = v > best ? v : best;
-                    }
-                }
-                yp[oh * ow_n + ow] = (uint8_t)(best ^ flip);
-            }
-        }
-    }
+    for (int64_t t = 0; t < planes; t++)
+        pool_plane(xd + t * h * w, yd + t * oh_n * ow_n, h, w, oh_n, ow_n, n->attr, flip);
     return Q8_OK;
 }
 
