@@ -46,6 +46,7 @@ typedef struct cv_state {
     int32_t n_vals, cap_vals;
     q8_builder *b;
     int32_t output;
+    bool pytorch_qparams;
 } cv_state;
 
 static bool grow(void **p, int32_t n, int32_t *cap, size_t elem)
@@ -236,6 +237,9 @@ static ag_status output_qparams(cv_state *s, const nn_module *m, q8_qparams *qp)
     int32_t zp[1], n = 0, qmin = 0, qmax = 0;
     ag_status st;
     const qat_observer_cfg *oc = NULL;
+    if (post && qat_is_fake_quant(post) && s->pytorch_qparams &&
+        qat_fake_quant_config(post)->kind != QAT_FQ_LEARNABLE)
+        post = nn_module_find(post, "activation_post_process"); /* calculate_qparams */
     if (post && qat_is_fake_quant(post)) {
         st = qat_fake_quant_qparams(post, scale, zp, 1, &n);
         qat_fake_quant_range(post, &qmin, &qmax);
@@ -296,7 +300,14 @@ static ag_status quantize_weights(cv_state *s, const nn_module *m, nn_module *wp
         return ag_error(AG_ERR_NOMEM, "convert: out of memory");
     }
     ag_status st;
-    if (qat_is_fake_quant(wpp)) {
+    if (qat_is_fake_quant(wpp) && s->pytorch_qparams &&
+        qat_fake_quant_config(wpp)->kind != QAT_FQ_LEARNABLE) {
+        /* from_float: the weight observer's calculate_qparams, values clamped to its range */
+        nn_module *obs = nn_module_find(wpp, "activation_post_process");
+        st = qat_observer_qparams(obs, out->scale, zp, (int32_t)out->out, &n, NULL);
+        if (st == AG_OK)
+            st = qat_observer_cfg_range(qat_observer_config(obs), &qmin, &qmax);
+    } else if (qat_is_fake_quant(wpp)) {
         st = qat_fake_quant_qparams(wpp, out->scale, zp, (int32_t)out->out, &n);
         qat_fake_quant_range(wpp, &qmin, &qmax);
     } else {
@@ -336,8 +347,9 @@ static ag_status quantize_weights(cv_state *s, const nn_module *m, nn_module *wp
  *   ConvBn / LinearBn:  W * s[c] with s = gamma / sqrtf(running_var + eps) (computed in
  *                       float as the QAT forward does, so the integers are the same),
  *                       bias (b - mean) * s + beta (the frozen BN folded, in double). */
-static ag_status folded_weights(const nn_module *m, const ag_tensor *weight, const ag_tensor *bias,
-                                nn_batch_norm *bn, float **w_out, cv_weights *out)
+static ag_status folded_weights(const cv_state *s, const nn_module *m, const ag_tensor *weight,
+                                const ag_tensor *bias, nn_batch_norm *bn, float **w_out,
+                                cv_weights *out)
 {
     out->out = weight->shape[0];
     out->per_out = weight->numel / out->out;
@@ -347,7 +359,20 @@ static ag_status folded_weights(const nn_module *m, const ag_tensor *weight, con
         free(w);
         return ag_error(AG_ERR_NOMEM, "convert: out of memory");
     }
-    (void)m;
+    if (bn && s->pytorch_qparams) {
+        /* torch.nn.utils.fusion's fold, bit for bit (what PyTorch's convert quantizes) */
+        if (is_conv_like(m))
+            qat_fuse_conv_bn_weights(weight->data, bias ? bias->data : NULL, out->out,
+                                     out->per_out, bn->running_mean->data, bn->running_var->data,
+                                     bn->eps, bn->weight->data, bn->bias->data, w, out->bias);
+        else
+            qat_fuse_linear_bn_weights(weight->data, bias ? bias->data : NULL, out->out,
+                                       out->per_out, bn->running_mean->data,
+                                       bn->running_var->data, bn->eps, bn->weight->data,
+                                       bn->bias->data, w, out->bias);
+        *w_out = w;
+        return AG_OK;
+    }
     for (int64_t c = 0; c < out->out; c++) {
         float sc = 1.0f;
         double b = bias ? bias->data[c] : 0.0;
@@ -430,7 +455,7 @@ static ag_status lower_layer(cv_state *s, const cv_record *r)
     if (!wpp)
         return ag_error(AG_ERR_UNSUPPORTED, "convert: '%s' has no weight quantizer (qconfig None?)",
                         module_path(s, m));
-    st = folded_weights(m, weight, bias, bn, &wf, &w);
+    st = folded_weights(s, m, weight, bias, bn, &wf, &w);
     if (st == AG_OK)
         st = quantize_weights(s, m, wpp, wf, &w);
     if (owned)
@@ -620,7 +645,10 @@ static ag_status lower_record(cv_state *s, const cv_record *r)
 
 /* ---- driver ---- */
 
-static ag_status run_trace(cv_state *s, nn_module *root, const qat_convert_opts *o)
+typedef ag_status (*cv_lower_fn)(cv_state *s, const cv_record *r);
+
+static ag_status run_trace(cv_state *s, nn_module *root, const qat_convert_opts *o,
+                           cv_lower_fn lower)
 {
     ag_ctx *ctx = ag_ctx_new();
     if (!ctx)
@@ -647,7 +675,13 @@ static ag_status run_trace(cv_state *s, nn_module *root, const qat_convert_opts 
     if (st == AG_OK)
         st = index_modules(s, root, "", false);
     for (int32_t i = 0; st == AG_OK && i < s->n_rec; i++)
-        st = lower_record(s, &s->rec[i]);
+        st = lower(s, &s->rec[i]);
+    if (st == AG_OK && s->output < 0 && lower != lower_record) {
+        /* dynamic: the model's own output is the graph's (it stays float) */
+        cv_value *v = find_value(s, y);
+        if (v && v->qp.dtype == Q8_F32)
+            s->output = v->id;
+    }
     if (st == AG_OK && s->output < 0)
         st = ag_error(AG_ERR_UNSUPPORTED, "convert: the model has no DeQuantStub: its output "
                                           "would stay quantized");
@@ -657,9 +691,9 @@ static ag_status run_trace(cv_state *s, nn_module *root, const qat_convert_opts 
     return st;
 }
 
-q8_model *qat_convert(nn_module *root, const qat_convert_opts *o)
+static q8_model *convert_with(nn_module *root, const qat_convert_opts *o, cv_lower_fn lower)
 {
-    cv_state s = {.output = -1};
+    cv_state s = {.output = -1, .pytorch_qparams = o->pytorch_qparams};
     s.b = q8_builder_new();
     if (!s.b) {
         ag_error(AG_ERR_NOMEM, "convert: out of memory");
@@ -672,7 +706,7 @@ q8_model *qat_convert(nn_module *root, const qat_convert_opts *o)
         q8_builder_set_attr_text(s.b, "source_model", o->source_model);
     if (o->qconfig)
         q8_builder_set_attr_text(s.b, "qconfig", o->qconfig);
-    ag_status st = run_trace(&s, root, o);
+    ag_status st = run_trace(&s, root, o, lower);
     nn_module_train(root, was_training);
     free(s.rec);
     free(s.mods);
@@ -688,4 +722,159 @@ q8_model *qat_convert(nn_module *root, const qat_convert_opts *o)
     if (!qm)
         ag_error(AG_ERR_ARG, "convert: %s", q8_last_error());
     return qm;
+}
+
+q8_model *qat_convert(nn_module *root, const qat_convert_opts *o)
+{
+    return convert_with(root, o, lower_record);
+}
+
+/* ---- dynamic quantization: float graph, int8 Linear weights ---- */
+
+/* The float value for a module input; a graph input the first time a tensor is seen. */
+static ag_status float_input(cv_state *s, const nn_module *m, const ag_tensor *t, cv_value *out)
+{
+    cv_value *v = find_value(s, t);
+    if (!v) {
+        if (s->n_vals > 0)
+            return input_value(s, m, t, out); /* the error message */
+        int64_t shape[AG_MAX_DIMS] = {-1};
+        for (int32_t i = 1; i < t->ndim; i++)
+            shape[i] = t->shape[i];
+        int32_t id = q8_builder_input(s->b, "input", Q8_F32, t->ndim, shape);
+        ag_status st = add_value(s, t, id, (q8_qparams){.dtype = Q8_F32});
+        *out = s->vals[s->n_vals - 1];
+        return st;
+    }
+    return input_value(s, m, t, out);
+}
+
+static const q8_qparams F32 = {.dtype = Q8_F32};
+
+static ag_status lower_dynamic_layer(cv_state *s, const cv_record *r, const cv_value *in)
+{
+    const nn_module *m = r->m;
+    const ag_tensor *weight, *bias;
+    nn_batch_norm *bn;
+    const nn_conv2d *conv;
+    ag_status st = layer_parts(m, &weight, &bias, &bn, &conv);
+    if (st == AG_OK && bn)
+        st = ag_error(AG_ERR_UNSUPPORTED, "quantize-dynamic: '%s' still has BN (fuse first)",
+                      module_path(s, m));
+    if (st != AG_OK)
+        return st;
+    const char *name = module_path(s, m);
+    q8_act act = has_relu(m) ? Q8_ACT_RELU : Q8_ACT_NONE;
+    int32_t id;
+    if (conv) { /* PyTorch's quantize_dynamic leaves convolutions float */
+        q8_conv2d_desc d = {.out_channels = conv->out_channels,
+                            .kernel = {conv->kernel[0], conv->kernel[1]},
+                            .stride = {conv->args.stride[0], conv->args.stride[1]},
+                            .padding = {conv->args.padding[0], conv->args.padding[1]},
+                            .dilation = {conv->args.dilation[0], conv->args.dilation[1]},
+                            .groups = conv->args.groups};
+        id = q8_builder_conv2d_f32(s->b, name, in->id, &d, weight->data,
+                                   bias ? bias->data : NULL, act);
+        return add_value(s, r->out, id, F32);
+    }
+    /* default_dynamic_qconfig's weight observer: per-tensor symmetric qint8 MinMax */
+    qat_qconfig qc = qat_default_dynamic_qconfig();
+    nn_module *wobs = qat_observer_new(&qc.weight.obs);
+    if (!wobs)
+        return ag_last_status();
+    cv_weights w = {.out = weight->shape[0], .per_out = weight->numel / weight->shape[0]};
+    w.bias = calloc((size_t)w.out, sizeof *w.bias);
+    if (!w.bias)
+        st = ag_error(AG_ERR_NOMEM, "convert: out of memory");
+    for (int64_t c = 0; st == AG_OK && bias && c < w.out; c++)
+        w.bias[c] = bias->data[c];
+    if (st == AG_OK)
+        st = quantize_weights(s, m, wobs, weight->data, &w);
+    nn_module_free(wobs);
+    q8_weights qw = {.data = w.q, .scale = w.scale, .n_scale = w.n_scale, .bias = w.bias};
+    id = st == AG_OK ? q8_builder_linear_dynamic(s->b, name, in->id, weight->shape[0], &qw, act) : -1;
+    cv_weights_free(&w);
+    return st == AG_OK ? add_value(s, r->out, id, F32) : st;
+}
+
+static ag_status lower_dynamic_ff(cv_state *s, const cv_record *r)
+{
+    cv_value in[CV_MAX_IN];
+    ag_status st = AG_OK;
+    for (int32_t i = 0; st == AG_OK && i < r->n_in; i++)
+        st = float_input(s, r->m, r->in[i], &in[i]);
+    if (st != AG_OK)
+        return st;
+    const char *name = module_path(s, r->m);
+    int32_t id = -1, ids[CV_MAX_IN];
+    switch (r->ff_op) {
+    case NN_FF_ADD:
+    case NN_FF_ADD_RELU:
+        id = q8_builder_add_f32(s->b, name, in[0].id, in[1].id,
+                                r->ff_op == NN_FF_ADD_RELU ? Q8_ACT_RELU : Q8_ACT_NONE);
+        break;
+    case NN_FF_MUL:
+        id = q8_builder_mul_f32(s->b, name, in[0].id, in[1].id, Q8_ACT_NONE);
+        break;
+    case NN_FF_CAT:
+        if (r->cat_dim != 1)
+            return ag_error(AG_ERR_UNSUPPORTED, "convert: '%s': cat along dim %d", name,
+                            (int)r->cat_dim);
+        for (int32_t i = 0; i < r->n_in; i++)
+            ids[i] = in[i].id;
+        id = q8_builder_cat_f32(s->b, name, ids, r->n_in);
+        break;
+    case NN_FF_NONE:
+        return ag_error(AG_ERR_STATE, "convert: '%s' was not called", name);
+    }
+    return add_value(s, r->out, id, F32);
+}
+
+static ag_status lower_record_dynamic(cv_state *s, const cv_record *r)
+{
+    const nn_module *m = r->m;
+    int32_t k = module_index(s, m);
+    if (k < 0 || s->inside[k])
+        return AG_OK;
+    if (nn_module_is(m, "FloatFunctional"))
+        return lower_dynamic_ff(s, r);
+    if (m->n_children > (m->post ? 1 : 0) && !is_lowered_unit(m))
+        return AG_OK; /* a container */
+    cv_value in;
+    ag_status st = float_input(s, m, r->in[0], &in);
+    if (st != AG_OK)
+        return st;
+    const char *name = module_path(s, m);
+    if (is_conv_like(m) || is_linear_like(m))
+        return lower_dynamic_layer(s, r, &in);
+    int32_t id = in.id;
+    if (nn_module_is(m, "MaxPool2d") || nn_module_is(m, "AvgPool2d")) {
+        const nn_pool2d *p = (const nn_pool2d *)m;
+        q8_pool2d_desc d = {.kernel = {p->args.kernel[0], p->args.kernel[1]},
+                            .stride = {p->args.stride[0], p->args.stride[1]},
+                            .padding = {p->args.padding[0], p->args.padding[1]},
+                            .count_include_pad = p->args.count_include_pad};
+        id = nn_module_is(m, "MaxPool2d") ? q8_builder_max_pool2d_f32(s->b, name, in.id, &d)
+                                          : q8_builder_avg_pool2d_f32(s->b, name, in.id, &d);
+    } else if (nn_module_is(m, "AdaptiveAvgPool2d")) {
+        id = q8_builder_adaptive_avg_pool2d_f32(s->b, name, in.id, r->out->shape[2],
+                                                r->out->shape[3]);
+    } else if (nn_module_is(m, "Flatten")) {
+        id = q8_builder_flatten(s->b, name, in.id);
+    } else if (nn_module_is(m, "ReLU") || nn_module_is(m, "ReLU6")) {
+        id = q8_builder_clamp_f32(s->b, name, in.id,
+                                  nn_module_is(m, "ReLU") ? Q8_ACT_RELU : Q8_ACT_RELU6);
+    } else if (nn_module_is(m, "Hardswish")) {
+        id = q8_builder_hardswish_f32(s->b, name, in.id);
+    } else if (!(nn_module_is(m, "Identity") || nn_module_is(m, "Dropout") ||
+                 nn_module_is(m, "QuantStub") || nn_module_is(m, "DeQuantStub"))) {
+        return ag_error(AG_ERR_UNSUPPORTED, "quantize-dynamic: no kernel for '%s' (%s)", name,
+                        nn_module_type(m));
+    }
+    return add_value(s, r->out, id, F32);
+}
+
+q8_model *qat_convert_dynamic(nn_module *root, const qat_convert_opts *o)
+{
+    return convert_with(root, o, lower_record_dynamic);
 }

@@ -36,6 +36,12 @@ typedef struct qat_convert_opts {
     int32_t in_channels, in_h, in_w; /* one sample's shape (the batch stays free) */
     const char *source_model;        /* stored in the file (may be NULL) */
     const char *qconfig;             /* a description stored in the file (may be NULL) */
+    /* false (default): the scales and zero points QAT ended with (the fake quants'
+     * buffers), so the int8 model computes what was validated. true: recompute them
+     * from the observers' statistics and fold BN as torch.ao.quantization.convert does
+     * (for agreement with PyTorch's own converted model; fused fake quants train with
+     * other scales than convert then uses, see docs/QUANTIZATION.md). */
+    bool pytorch_qparams;
 } qat_convert_opts;
 
 q8_model *qat_convert(nn_module *root, const qat_convert_opts *opts);

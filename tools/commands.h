@@ -14,6 +14,15 @@
 int cqat_cmd_train(int argc, char **argv);
 int cqat_cmd_qat(int argc, char **argv);
 int cqat_cmd_eval(int argc, char **argv);
+int cqat_cmd_convert(int argc, char **argv);
+int cqat_cmd_calibrate(int argc, char **argv);
+int cqat_cmd_quantize_dynamic(int argc, char **argv);
+int cqat_cmd_infer(int argc, char **argv);
+int cqat_cmd_inspect(int argc, char **argv);
+int cqat_cmd_compare(int argc, char **argv);
+int cqat_cmd_eval_q8(const char *path, const char *data, int64_t limit, bool json);
+/* True if path holds a frozen cqat-q8 model. */
+bool cqat_is_q8_file(const char *path);
 int cqat_cmd_eval_file(const char *path, const char *model_name, bool qat_state,
                        const char *qconfig, const char *data, int64_t limit, bool json);
 

@@ -40,6 +40,8 @@ int cqat_cmd_eval(int argc, char **argv)
     if (!path)
         return cqat_fail_msg("eval", "no file to evaluate (see --help)");
     ag_set_num_threads((int)threads);
+    if (cqat_is_q8_file(path))
+        return cqat_cmd_eval_q8(path, data, limit, json);
     return cqat_cmd_eval_file(path, model, qat, qconfig, data, limit, json);
 }
 
@@ -52,7 +54,13 @@ typedef struct command {
 static const command COMMANDS[] = {
     {"train", cqat_cmd_train, "train a float model (checkpoints in HDF5)"},
     {"qat", cqat_cmd_qat, "quantization-aware fine-tuning of float weights"},
-    {"eval", cqat_cmd_eval, "test-set accuracy of a checkpoint or state_dict"},
+    {"eval", cqat_cmd_eval, "test-set accuracy of a checkpoint, state_dict or int8 model"},
+    {"convert", cqat_cmd_convert, "freeze a QAT model into an integer-only model"},
+    {"calibrate", cqat_cmd_calibrate, "static post-training quantization with calibration"},
+    {"quantize-dynamic", cqat_cmd_quantize_dynamic, "dynamic quantization of Linear layers"},
+    {"infer", cqat_cmd_infer, "run an int8 model on images (IDX or HDF5)"},
+    {"inspect", cqat_cmd_inspect, "what a model or checkpoint file holds"},
+    {"compare", cqat_cmd_compare, "QAT model vs int8 model: predictions, integers, per layer"},
 };
 
 static void usage(FILE *f)
