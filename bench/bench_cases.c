@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include "nn/zoo.h"
+#include "qat/convert.h"
+#include "tools/qat_model.h"
 
 static ag_tensor *batch_input(bench_case *c, int64_t i)
 {
@@ -39,6 +41,40 @@ static ag_status run_float_infer(bench_case *c, int64_t i)
     return y ? AG_OK : ag_last_status();
 }
 
+static ag_status run_int8_infer(bench_case *c, int64_t i)
+{
+    int32_t count = 0;
+    int64_t nb = data_loader_num_batches(&c->loader);
+    ag_status st = data_loader_batch(&c->loader, i % nb, c->images, c->labels, &count);
+    if (st == AG_OK && q8_model_run(c->q8, c->images, count, c->logits) != Q8_OK)
+        st = ag_error(AG_ERR_FORMAT, "%s", q8_last_error());
+    return st;
+}
+
+/* refcnn fused and prepared with the default fbgemm QAT qconfig (BENCHMARK.md's QAT
+ * recipe), a few training steps so that observers and scales hold real ranges. */
+static ag_status make_qat(bench_case *c, int32_t batch)
+{
+    nn_zoo_config cfg;
+    nn_zoo_config_default("refcnn", &cfg);
+    cqat_qat_spec spec = {.qconfig = "fbgemm-qat", .bits_weight = 8, .bits_activation = 8,
+                          .freeze_bn_after = -1, .freeze_observers_after = -1};
+    nn_module_free(c->model);
+    c->model = NULL;
+    ag_status st = cqat_qat_build(&cfg, &spec, NULL, &c->model, &c->map);
+    if (st == AG_OK)
+        st = nn_param_list_get(c->model, &c->params);
+    optim_sgd_args a = {.lr = 0.01, .momentum = 0.9, .weight_decay = 5e-4};
+    if (st == AG_OK && !(c->opt = optim_sgd_new(c->params.params,
+                                                 (const char *const *)c->params.names,
+                                                 c->params.n, &a)))
+        st = ag_last_status();
+    for (int64_t i = 0; st == AG_OK && i < 8; i++)
+        st = run_float_train(c, i);
+    (void)batch;
+    return st;
+}
+
 ag_status bench_case_init(bench_case *c, const char *what, int32_t batch)
 {
     memset(c, 0, sizeof *c);
@@ -71,6 +107,27 @@ ag_status bench_case_init(bench_case *c, const char *what, int32_t batch)
     } else if (strcmp(what, "float-infer") == 0) {
         nn_module_eval(c->model);
         c->run = run_float_infer;
+    } else if (strcmp(what, "qat-train") == 0) {
+        st = make_qat(c, batch);
+        c->run = run_float_train; /* the same step: the fake quants are in the modules */
+    } else if (strcmp(what, "qat-infer") == 0 || strcmp(what, "int8-infer") == 0) {
+        st = make_qat(c, batch);
+        if (st == AG_OK) {
+            qat_enable_observer_all(c->model, false);
+            qat_freeze_bn_stats(c->model);
+            nn_module_eval(c->model);
+        }
+        c->run = run_float_infer;
+        if (st == AG_OK && strcmp(what, "int8-infer") == 0) {
+            qat_convert_opts o = {.in_channels = 1, .in_h = 28, .in_w = 28};
+            c->q8 = qat_convert(c->model, &o);
+            c->logits = malloc((size_t)batch * 10 * sizeof *c->logits);
+            if (!c->q8 || !c->logits)
+                st = c->q8 ? ag_error(AG_ERR_NOMEM, "bench: out of memory") : ag_last_status();
+            else
+                st = q8_model_reserve(c->q8, batch) == Q8_OK ? AG_OK : AG_ERR_NOMEM;
+            c->run = run_int8_infer;
+        }
     } else {
         st = ag_error(AG_ERR_ARG, "bench: unknown case '%s'", what);
     }
@@ -79,9 +136,12 @@ ag_status bench_case_init(bench_case *c, const char *what, int32_t batch)
 
 void bench_case_deinit(bench_case *c)
 {
+    q8_model_free(c->q8);
+    free(c->logits);
     optim_free(c->opt);
     nn_param_list_deinit(&c->params);
     nn_module_free(c->model);
+    qat_qconfig_map_free(c->map);
     ag_ctx_free(c->ctx);
     data_loader_deinit(&c->loader);
     data_dataset_deinit(&c->test);

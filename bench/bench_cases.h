@@ -5,14 +5,19 @@
 #include "data/data.h"
 #include "nn/nn.h"
 #include "optim/optim.h"
+#include "qat/qconfig.h"
+#include "quantized/q8.h"
 
-#define BENCH_CASE_NAMES "float-train|float-infer"
+#define BENCH_CASE_NAMES "float-train|qat-train|float-infer|qat-infer|int8-infer"
 
 typedef struct bench_case bench_case;
 struct bench_case {
     ag_status (*run)(bench_case *c, int64_t i); /* one step on batch i */
     int32_t batch;
     nn_module *model;
+    qat_qconfig_map *map; /* qat cases */
+    q8_model *q8;         /* int8-infer */
+    float *logits;        /* int8-infer output (batch, 10) */
     optim_optimizer *opt;
     nn_param_list params;
     ag_ctx *ctx;

@@ -507,7 +507,7 @@ int32_t q8_builder_done(q8_builder *b, int32_t node, int32_t value)
      * the call that caused it; finish checks it again with the whole graph. */
     q8_model *m = b->m;
     q8_node *n = &m->nodes[node];
-    q8_status st = q8_node_check_fields(n);
+    q8_status st = q8_node_check_fields(m, n);
     if (st == Q8_OK)
         st = q8_ops[n->op]->check(m, n);
     if (st != Q8_OK) {
@@ -515,4 +515,15 @@ int32_t q8_builder_done(q8_builder *b, int32_t node, int32_t value)
         return -1;
     }
     return value;
+}
+
+q8_status q8_builder_act_attr(q8_builder *b, int32_t node, q8_act act)
+{
+    if (!q8_builder_ok(b))
+        return q8_last_status();
+    if (act != Q8_ACT_NONE && act != Q8_ACT_RELU && act != Q8_ACT_RELU6) {
+        q8_builder_node_fail(b, node, Q8_ERR_ARG, "unknown activation %d", (int)act);
+        return q8_builder_status(b);
+    }
+    return q8_builder_set_attr(b, node, "act", act);
 }

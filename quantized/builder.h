@@ -50,7 +50,8 @@ q8_status q8_check_weight_consts(const q8_model *m, const q8_node *n, const q8_w
 /* Adds weight_scale, bias (quantized to int32), multiplier and shift to `node`. */
 q8_status q8_builder_weight_consts(q8_builder *b, int32_t node, const q8_weights *w,
                                    int64_t out_channels, float s_in, float s_out);
-/* clamp_min/clamp_max of a fused activation on `out`. */
+/* clamp_min/clamp_max of a fused activation on `out`, inside out's clamp range (act NONE:
+ * the range itself); fails the node if `out` has a bad range. */
 q8_status q8_builder_clamp_attrs(q8_builder *b, int32_t node, q8_act act, q8_qparams out);
 
 /* add/mul: both inputs quantized, identical shapes, quantized output of that shape. */
@@ -60,11 +61,35 @@ int32_t q8_builder_binary(q8_builder *b, const char *op, const char *name, int32
                           q8_qparams out, q8_act act, q8_value *xv, q8_value *yv,
                           int32_t *out_id);
 
+/* add_f32/mul_f32: both inputs f32 with identical shapes, the output f32 of that shape. */
+q8_status q8_check_binary_f32(const q8_model *m, const q8_node *n);
+/* add_f32/mul_f32: the output value and the node with its act attribute. */
+int32_t q8_builder_binary_f32(q8_builder *b, const char *op, const char *name, int32_t x,
+                              int32_t y, q8_act act);
+
 /* avg pools: multiplier/shift attributes of s_in / s_out. */
 q8_status q8_builder_pool_ratio(q8_builder *b, int32_t node, float s_in, float s_out);
 
 /* hardswish's lookup table for these input/output qparams (index: the input byte, int8
- * inputs shifted by +128). */
+ * inputs shifted by +128), entries clamped to out's range (which must be valid). */
 void q8_hardswish_table(q8_qparams in, q8_qparams out, uint8_t table[256]);
+
+/* Pools (quantized and float share the attribute names): the output size of `d` on value
+ * xv (1 where it does not fit: the op's check names the problem), and the attributes.
+ * max: kernel, stride, padding, dilation, ceil_mode; avg: kernel, stride, padding,
+ * ceil_mode, count_include_pad, divisor_override. Strides 0 become the kernel. */
+void q8_pool_out_hw(const q8_value *xv, const q8_pool2d_desc *d, bool dilated, int64_t out_hw[2]);
+void q8_builder_max_pool_attrs(q8_builder *b, int32_t node, const q8_pool2d_desc *d);
+void q8_builder_avg_pool_attrs(q8_builder *b, int32_t node, const q8_pool2d_desc *d);
+
+/* conv2d / conv2d_f32: the output shape of `d` on xv (best effort: check names a bad
+ * geometry) and the geometry attributes; fails the node (Q8_ERR_SHAPE) on an input that
+ * is not (N, C, H, W) or groups that do not divide. Returns the weight shape in wshape. */
+void q8_conv_out_shape(const q8_value *xv, const q8_conv2d_desc *d, int64_t shape[4]);
+q8_status q8_builder_conv_attrs(q8_builder *b, int32_t node, const q8_value *xv,
+                                const q8_conv2d_desc *d, int64_t wshape[4]);
+
+/* Float ops: f32 `act` attribute (0 none, 1 relu, 2 relu6) from a q8_act. */
+q8_status q8_builder_act_attr(q8_builder *b, int32_t node, q8_act act);
 
 #endif

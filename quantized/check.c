@@ -119,14 +119,25 @@ q8_status q8_check_multiplier(const q8_node *n, const char *field, int64_t i, in
     return Q8_OK;
 }
 
-q8_status q8_check_clamp(const q8_node *n, int64_t lo, int64_t hi, q8_dtype dt)
+q8_status q8_check_clamp(const q8_node *n, int64_t lo, int64_t hi, q8_dtype dt, int32_t zp)
 {
     if (lo < q8_qmin(dt) || hi > q8_qmax(dt) || lo > hi)
         return q8_node_error(n, Q8_ERR_FORMAT,
                              "clamp [%" PRId64 ", %" PRId64 "] is not an interval inside the "
                              "%s range [%d, %d]",
                              lo, hi, q8_dtype_name(dt), (int)q8_qmin(dt), (int)q8_qmax(dt));
+    if (zp < lo || zp > hi)
+        return q8_node_error(n, Q8_ERR_FORMAT,
+                             "clamp [%" PRId64 ", %" PRId64 "] does not contain the output "
+                             "zero point %d",
+                             lo, hi, (int)zp);
     return Q8_OK;
+}
+
+q8_status q8_check_out_clamp(const q8_model *m, const q8_node *n, int32_t lo_idx, int32_t hi_idx)
+{
+    const q8_value *y = q8_out(m, n);
+    return q8_check_clamp(n, n->attr[lo_idx], n->attr[hi_idx], y->dtype, y->zero_point);
 }
 
 q8_status q8_check_scales(const q8_node *n, int32_t idx)
@@ -157,9 +168,9 @@ int64_t q8_window_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t p
 
 q8_status q8_check_pool(const q8_model *m, const q8_node *n, const int64_t *kernel,
                         const int64_t *stride, const int64_t *pad, const int64_t *dilation,
-                        bool ceil_mode, int64_t *out_hw)
+                        bool ceil_mode, bool f32, int64_t *out_hw)
 {
-    q8_status st = q8_check_input_quantized(m, n, 0);
+    q8_status st = f32 ? q8_check_input_dtype(m, n, 0, Q8_F32) : q8_check_input_quantized(m, n, 0);
     if (st == Q8_OK)
         st = q8_check_input_rank(m, n, 0, 4);
     if (st != Q8_OK)
@@ -183,5 +194,33 @@ q8_status q8_check_pool(const q8_model *m, const q8_node *n, const int64_t *kern
     if (kernel[0] * kernel[1] > Q8_MAX_WINDOW)
         return q8_node_error(n, Q8_ERR_SHAPE, "kernel %" PRId64 "x%" PRId64 " has more than %"
                              PRId64 " elements", kernel[0], kernel[1], Q8_MAX_WINDOW);
+    return Q8_OK;
+}
+
+q8_status q8_check_finite(const q8_node *n, int32_t idx)
+{
+    const q8_tensor *t = &n->cst[idx];
+    const float *v = t->data;
+    if (!v || t->dtype != Q8_F32)
+        return Q8_OK; /* absent, or a dtype the op's own check names */
+    for (int64_t i = 0; i < t->numel; i++)
+        if (!isfinite(v[i]))
+            return q8_node_error(n, Q8_ERR_FORMAT, "constant '%s'[%" PRId64 "] = %g is not finite",
+                                 q8_ops[n->op]->consts[idx].key, i, (double)v[i]);
+    return Q8_OK;
+}
+
+q8_status q8_check_same_shapes(const q8_model *m, const q8_node *n)
+{
+    const q8_value *a = q8_in(m, n, 0), *b = q8_in(m, n, 1);
+    bool same = a->ndim == b->ndim;
+    for (int32_t d = 1; same && d < a->ndim; d++)
+        same = a->shape[d] == b->shape[d];
+    char sa[128], sb[128];
+    if (!same)
+        return q8_node_error(n, Q8_ERR_SHAPE, "inputs have shapes %s and %s (no broadcasting: "
+                             "they must be equal)",
+                             q8_shape_str(sa, sizeof sa, a->ndim, a->shape),
+                             q8_shape_str(sb, sizeof sb, b->ndim, b->shape));
     return Q8_OK;
 }

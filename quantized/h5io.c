@@ -646,7 +646,17 @@ static q8_status write_constant(hid_t g, const char *key, const q8_tensor *t)
     return rc < 0 ? q8_error(Q8_ERR_IO, "cannot write constant '%s'", key) : Q8_OK;
 }
 
-static q8_status write_node(hid_t nodes, const q8_node *n)
+/* An optional attribute whose default depends on the output dtype (the clamp range of
+ * quantize, cat and the average pools) is left out when it has that default, so that
+ * files that do not restrict a range read as they did before the attribute existed. */
+static bool omitted(const q8_model *m, const q8_node *n, int32_t a)
+{
+    const q8_attr_spec *s = &q8_ops[n->op]->attrs[a];
+    bool dtype_default = s->def == Q8_DEF_OUT_QMIN || s->def == Q8_DEF_OUT_QMAX;
+    return !s->required && dtype_default && n->attr[a] == q8_attr_default(m, n, s);
+}
+
+static q8_status write_node(hid_t nodes, const q8_model *m, const q8_node *n)
 {
     char key[32];
     snprintf(key, sizeof key, "%d", (int)n->index);
@@ -662,7 +672,9 @@ static q8_status write_node(hid_t nodes, const q8_node *n)
     if (st == Q8_OK)
         st = write_ids(g, "outputs", n->out, n->n_out);
     for (int32_t a = 0; st == Q8_OK && a < def->n_attrs; a++)
-        st = write_attr(g, def->attrs[a].key, H5T_STD_I64LE, H5T_NATIVE_INT64, &n->attr[a], -1);
+        if (!omitted(m, n, a))
+            st = write_attr(g, def->attrs[a].key, H5T_STD_I64LE, H5T_NATIVE_INT64, &n->attr[a],
+                            -1);
     for (int32_t c = 0; st == Q8_OK && c < def->n_consts; c++)
         if (n->cst[c].data)
             st = write_constant(g, def->consts[c].key, &n->cst[c]);
@@ -699,7 +711,7 @@ static q8_status write_model(hid_t f, const q8_model *m)
     for (int32_t i = 0; st == Q8_OK && i < m->n_values; i++)
         st = write_value(values, &m->values[i], i);
     for (int32_t k = 0; st == Q8_OK && k < m->n_nodes; k++)
-        st = write_node(nodes, &m->nodes[k]);
+        st = write_node(nodes, m, &m->nodes[k]);
     if (values >= 0)
         H5Gclose(values);
     if (nodes >= 0)

@@ -138,9 +138,19 @@ static q8_status check_definitions(const q8_model *m, int32_t *producer)
     return Q8_OK;
 }
 
+int64_t q8_attr_default(const q8_model *m, const q8_node *n, const q8_attr_spec *s)
+{
+    q8_dtype dt = m->values[n->out[0]].dtype;
+    if (s->def == Q8_DEF_OUT_QMIN)
+        return q8_qmin(dt);
+    if (s->def == Q8_DEF_OUT_QMAX)
+        return q8_qmax(dt);
+    return s->def;
+}
+
 /* Defaults for absent optional attributes, an error for absent required ones, and the
  * range of each; absent required constants. */
-q8_status q8_node_check_fields(q8_node *n)
+q8_status q8_node_check_fields(const q8_model *m, q8_node *n)
 {
     const q8_op_def *def = q8_ops[n->op];
     if (n->n_in < def->min_inputs || n->n_in > def->max_inputs)
@@ -153,7 +163,7 @@ q8_status q8_node_check_fields(q8_node *n)
         if (!n->has_attr[a]) {
             if (s->required)
                 return q8_node_error(n, Q8_ERR_FORMAT, "attribute '%s' is missing", s->key);
-            n->attr[a] = s->def;
+            n->attr[a] = q8_attr_default(m, n, s);
             n->has_attr[a] = true;
         }
         if (n->attr[a] < s->lo || n->attr[a] > s->hi)
@@ -185,7 +195,7 @@ q8_status q8_model_validate(q8_model *m)
         m->values[v].producer = producer[v];
     free(producer);
     for (int32_t k = 0; st == Q8_OK && k < m->n_nodes; k++) {
-        st = q8_node_check_fields(&m->nodes[k]);
+        st = q8_node_check_fields(m, &m->nodes[k]);
         if (st == Q8_OK)
             st = q8_ops[m->nodes[k].op]->check(m, &m->nodes[k]);
     }

@@ -6,7 +6,9 @@
  * with a per-tensor scale and zero point (real = scale * (q - zero_point)); weights are
  * int8, symmetric, per output channel or per tensor; accumulators and biases are int32;
  * every rescaling is an integer multiplier M0 in [2^30, 2^31) with a right shift n,
- * rounded once, half to even (see requantization below). The model lives in an HDF5
+ * rounded once, half to even (see requantization below). Float ops (conv2d_f32,
+ * max_pool2d_f32, ...) run the float parts of partly-quantized graphs, such as dynamic
+ * quantization's float convolutions before an int8 linear_dynamic. The model lives in an HDF5
  * file described in docs/FORMAT.md; this runtime depends on HDF5, libm and OpenMP only.
  *
  * Running a model (examples/embed_q8.c is a complete program):
@@ -24,9 +26,9 @@
  *     q8_builder *b = q8_builder_new();
  *     int64_t shape[] = {-1, 1, 28, 28};
  *     int32_t x = q8_builder_input(b, "x", Q8_F32, 4, shape);
- *     x = q8_builder_quantize(b, "quant", x, (q8_qparams){Q8_U8, 0.0078f, 128});
+ *     x = q8_builder_quantize(b, "quant", x, (q8_qparams){Q8_U8, 0.0078f, 128, 0, 0});
  *     x = q8_builder_conv2d(b, "features.0", x, &conv_desc, &weights,
- *                           (q8_qparams){Q8_U8, 0.05f, 0}, Q8_ACT_RELU);
+ *                           (q8_qparams){Q8_U8, 0.05f, 0, 0, 127}, Q8_ACT_RELU); // 0..127
  *     ...
  *     q8_builder_output(b, q8_builder_dequantize(b, "dequant", x));
  *     q8_model *m = q8_builder_finish(b);      // validates; NULL + message on error
@@ -131,7 +133,8 @@ q8_status q8_model_save(const q8_model *m, const char *path);
 
 /* Which int8 GEMM kernel the model uses: "avx2" or "reference". It is chosen at load
  * from the CPU (__builtin_cpu_supports("avx2")); CQAT_Q8_GEMM=reference|avx2 in the
- * environment overrides the choice (avx2 only where the CPU has it). */
+ * environment overrides the choice (avx2 only where the CPU has it). The float GEMM of
+ * conv2d_f32/linear_f32 follows it (its AVX2 kernel also needs FMA). */
 const char *q8_model_gemm_kernel(const q8_model *m);
 
 /* ------------------------------------------------------------------------------------
@@ -140,15 +143,32 @@ const char *q8_model_gemm_kernel(const q8_model *m);
 
 typedef struct q8_builder q8_builder;
 
-/* Quantization parameters of an activation: real = scale * (q - zero_point). */
+/* Quantization parameters of an activation: real = scale * (q - zero_point).
+ *
+ * [qmin, qmax] is the clamp range of the integers, QAT's observer quant_min/quant_max
+ * (0..127 with reduce_range): fake quantization clamps there, so the deployed model
+ * must too. qmin = qmax = 0 means the dtype's full range ([0, 255] u8, [-128, 127] i8):
+ * `(q8_qparams){.dtype = Q8_U8, .scale = 0.05f, .zero_point = 0}`. Otherwise the
+ * builder requires dtype min <= qmin <= zero_point <= qmax <= dtype max (PyTorch's
+ * calculate_qparams clamps the zero point into [quant_min, quant_max]).
+ *
+ * The range is not a property of the stored value (a value keeps dtype, scale and zero
+ * point): every op that writes `out` from a rescale (quantize, conv2d, linear, add, mul,
+ * cat, the average pools when they requantize, hardswish, requantize) turns it into its
+ * node's clamp_min/clamp_max (hardswish: into its table). Ops that keep their input's
+ * qparams (max_pool2d, flatten, clamp) cannot leave the input's range. Ignored for graph
+ * inputs. */
 typedef struct q8_qparams {
     q8_dtype dtype; /* Q8_U8 or Q8_I8 */
     float scale;    /* > 0, finite */
     int32_t zero_point;
+    int32_t qmin, qmax; /* clamp range; both 0: the dtype's */
 } q8_qparams;
 
-/* Fused clamp of conv2d/linear/add/mul, turned into integer output bounds from the
- * output qparams: relu -> [max(qmin, zp), qmax], relu6 -> [.., min(qmax, quantize(6))]. */
+/* Fused clamp of conv2d/linear/add/mul/requantize, turned into integer output bounds
+ * from the output qparams and their range [lo, hi] (above): none -> [lo, hi],
+ * relu -> [max(lo, zp), hi], relu6 -> [max(lo, zp), min(hi, quantize(6.0))]. The float
+ * ops apply it to the float result: relu max(x, 0), relu6 min(max(x, 0), 6), NaN kept. */
 typedef enum q8_act { Q8_ACT_NONE = 0, Q8_ACT_RELU, Q8_ACT_RELU6 } q8_act;
 
 /* Weights of conv2d/linear/linear_dynamic. Symmetric int8: real = scale[c] * q.
@@ -190,7 +210,7 @@ const char *q8_builder_error(const q8_builder *b);
 /* Sets "source_model" or "qconfig" (free text stored in the file). */
 q8_status q8_builder_set_attr_text(q8_builder *b, const char *key, const char *text);
 
-/* Validates the graph (docs/FORMAT.md, "Validation"), packs the weights and returns the
+/* Validates the graph (docs/FORMAT.md, "What the loader refuses"), packs the weights and returns the
  * model; NULL with the first error as the message. Always frees the builder. */
 q8_model *q8_builder_finish(q8_builder *b);
 
@@ -234,8 +254,43 @@ int32_t q8_builder_adaptive_avg_pool2d(q8_builder *b, const char *name, int32_t 
 int32_t q8_builder_flatten(q8_builder *b, const char *name, int32_t x);
 /* Standalone relu / relu6 on a quantized value (qparams kept). */
 int32_t q8_builder_clamp(q8_builder *b, const char *name, int32_t x, q8_act act);
-/* hardswish through a 256-entry table computed here from the input and output qparams. */
+/* hardswish through a 256-entry table computed here from the input and output qparams
+ * (entries clamped to out's range). */
 int32_t q8_builder_hardswish(q8_builder *b, const char *name, int32_t x, q8_qparams out);
+/* u8/i8 -> u8/i8 with its own output qparams: y = clamp(zp_out + rq(x - zp_in, M0, n))
+ * with M0 * 2^-n = s_in / s_out (one half-even rounding), act NONE, RELU or RELU6 (relu6's
+ * bound is quantize(6.0) with `out`), clamped to out's range. An observed ReLU6, or any
+ * change of qparams. */
+int32_t q8_builder_requantize(q8_builder *b, const char *name, int32_t x, q8_qparams out,
+                              q8_act act);
+
+/* Float ops: f32 in, f32 out, so that partly-float graphs run here (dynamic quantization
+ * keeps convolutions float: conv2d_f32 -> clamp_f32 -> max_pool2d_f32 -> flatten ->
+ * linear_dynamic). Float arrays are copied; non-finite weights or biases are refused.
+ * Results agree with PyTorch's float kernels to rounding (the summation order of a
+ * convolution or a pool is the runtime's; docs/FORMAT.md). act: NONE, RELU or RELU6. */
+/* weight (O, C/groups, kH, kW), bias (O) or NULL; padding is zeros. */
+int32_t q8_builder_conv2d_f32(q8_builder *b, const char *name, int32_t x,
+                              const q8_conv2d_desc *d, const float *weight, const float *bias,
+                              q8_act act);
+/* x (N, in_features); weight (out_features, in_features), bias (out_features) or NULL. */
+int32_t q8_builder_linear_f32(q8_builder *b, const char *name, int32_t x, int64_t out_features,
+                              const float *weight, const float *bias, q8_act act);
+/* Elementwise on equal shapes (no broadcasting). */
+int32_t q8_builder_add_f32(q8_builder *b, const char *name, int32_t x, int32_t y, q8_act act);
+int32_t q8_builder_mul_f32(q8_builder *b, const char *name, int32_t x, int32_t y, q8_act act);
+/* Concatenation along dim 1. */
+int32_t q8_builder_cat_f32(q8_builder *b, const char *name, const int32_t *xs, int32_t n);
+int32_t q8_builder_max_pool2d_f32(q8_builder *b, const char *name, int32_t x,
+                                  const q8_pool2d_desc *d);
+int32_t q8_builder_avg_pool2d_f32(q8_builder *b, const char *name, int32_t x,
+                                  const q8_pool2d_desc *d);
+int32_t q8_builder_adaptive_avg_pool2d_f32(q8_builder *b, const char *name, int32_t x,
+                                           int64_t out_h, int64_t out_w);
+/* Standalone relu (act RELU) or relu6 (RELU6). */
+int32_t q8_builder_clamp_f32(q8_builder *b, const char *name, int32_t x, q8_act act);
+int32_t q8_builder_hardswish_f32(q8_builder *b, const char *name, int32_t x);
+/* (q8_builder_flatten takes any dtype, f32 included.) */
 
 /* Low-level calls: the file's own vocabulary (what q8_model_load uses). Values and
  * nodes are numbered from 0 in the order they are added; shapes include the batch
@@ -271,5 +326,10 @@ int64_t q8_requantize(int64_t x, int32_t m0, int32_t shift);
 /* PyTorch's quantize_per_tensor of one float: clamp(zp + round_half_even(x * f32(1/s))),
  * to the full range of dtype; NaN gives the zero point. */
 int32_t q8_quantize_value(float x, float scale, int32_t zero_point, q8_dtype dtype);
+
+/* The integer range of qp: [qmin, qmax], or the dtype's when both are 0. Q8_ERR_ARG
+ * (message set) for a dtype other than u8/i8 or a range that is not inside the dtype's
+ * or does not contain the zero point. */
+q8_status q8_qparams_range(q8_qparams qp, int32_t *lo, int32_t *hi);
 
 #endif

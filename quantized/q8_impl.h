@@ -1,5 +1,6 @@
 /* q8_impl.h — the runtime's insides: the model struct, the op table, the integer
- * helpers every kernel shares, the int8 GEMM. Not installed; tests include it.
+ * helpers every kernel shares, the int8 GEMM and the float GEMM of the _f32 ops. Not
+ * installed; tests include it.
  *
  * An op (quantized/ops/<name>.c) is a q8_op_def: the names of its int attributes and
  * constants (the file's vocabulary, with ranges), then
@@ -26,7 +27,7 @@ typedef enum q8_op {
 } q8_op;
 
 enum {
-    Q8_MAX_ATTRS = 12,
+    Q8_MAX_ATTRS = 16,
     Q8_MAX_CONSTS = 6,
     Q8_MAX_NODE_INPUTS = 64, /* cat */
     Q8_MAX_GRAPH_IO = 64,
@@ -103,9 +104,14 @@ struct q8_model {
 typedef struct q8_attr_spec {
     const char *key;
     bool required;
-    int64_t def; /* when absent and not required */
+    int64_t def; /* when absent and not required; or one of the two below */
     int64_t lo, hi;
 } q8_attr_spec;
+/* Defaults that depend on the output value's dtype: its qmin / qmax (the optional
+ * clamp_min/clamp_max of quantize, cat and the average pools, absent from older files).
+ * The writer leaves such an attribute out when it has that value. */
+#define Q8_DEF_OUT_QMIN INT64_MIN
+#define Q8_DEF_OUT_QMAX INT64_MAX
 
 typedef struct q8_const_spec {
     const char *key;
@@ -138,8 +144,11 @@ q8_model *q8_model_alloc(void);
 /* Runs every op's check in order after the graph-level checks; then prepare. */
 q8_status q8_model_validate(q8_model *m);
 q8_status q8_model_prepare(q8_model *m);
-/* Input/output counts, attribute defaults and ranges, required constants of one node. */
-q8_status q8_node_check_fields(q8_node *n);
+/* Input/output counts, attribute defaults and ranges, required constants of one node
+ * (whose input and output ids are valid). */
+q8_status q8_node_check_fields(const q8_model *m, q8_node *n);
+/* The value of an attribute default for node n (resolves Q8_DEF_OUT_QMIN/QMAX). */
+int64_t q8_attr_default(const q8_model *m, const q8_node *n, const q8_attr_spec *s);
 static inline void *q8_value_data(const q8_model *m, int32_t id)
 {
     return m->arena + m->values[id].offset;
@@ -187,15 +196,24 @@ q8_status q8_check_const(const q8_node *n, int32_t idx, q8_dtype dt, int32_t ndi
  * writer may compute M in float; a wrong scale or multiplier is caught). */
 q8_status q8_check_multiplier(const q8_node *n, const char *field, int64_t i, int64_t m0,
                               int64_t shift, double real);
-/* Bounds inside the dtype's range and lo <= hi. */
-q8_status q8_check_clamp(const q8_node *n, int64_t lo, int64_t hi, q8_dtype dt);
-/* Pools: input u8/i8 of rank 4, padding at most half the (dilated) kernel, a window of at
- * most Q8_MAX_WINDOW elements, an output of at least 1x1 (written to out_hw). */
+/* Bounds inside the dtype's range, lo <= zp <= hi (a clamp range always holds the zero
+ * point: relu's lower bound is zp, and calculate_qparams clamps zp into the range). */
+q8_status q8_check_clamp(const q8_node *n, int64_t lo, int64_t hi, q8_dtype dt, int32_t zp);
+/* The node's clamp_min/clamp_max attributes (indices lo_idx, hi_idx) against the output. */
+q8_status q8_check_out_clamp(const q8_model *m, const q8_node *n, int32_t lo_idx, int32_t hi_idx);
+/* Pools: input of rank 4 (f32 for the float pools, else u8/i8), padding at most half the
+ * (dilated) kernel, a window of at most Q8_MAX_WINDOW elements, an output of at least
+ * 1x1 (written to out_hw). */
 q8_status q8_check_pool(const q8_model *m, const q8_node *n, const int64_t *kernel,
                         const int64_t *stride, const int64_t *pad, const int64_t *dilation,
-                        bool ceil_mode, int64_t *out_hw);
+                        bool ceil_mode, bool f32, int64_t *out_hw);
 /* Weight-scale constant: finite, > 0. */
 q8_status q8_check_scales(const q8_node *n, int32_t idx);
+/* An f32 constant whose every element is finite (float weights and biases). */
+q8_status q8_check_finite(const q8_node *n, int32_t idx);
+/* Equal ranks and dimensions (the batch aside) of inputs 0 and 1 (no broadcasting); the
+ * message names both shapes. */
+q8_status q8_check_same_shapes(const q8_model *m, const q8_node *n);
 
 /* ---- integer arithmetic ---- */
 
@@ -281,6 +299,14 @@ static inline int32_t q8_quantize_inv(float x, float inv, int32_t zp, int32_t qm
     return zp + (int32_t)r;
 }
 
+/* adaptive pools: output o of `out` averages input [start, end) of `in` (PyTorch
+ * start_index = floor(o*in/out), end_index = ceil((o+1)*in/out), in integers). */
+static inline int64_t q8_adaptive_start(int64_t o, int64_t in, int64_t out) { return o * in / out; }
+static inline int64_t q8_adaptive_end(int64_t o, int64_t in, int64_t out)
+{
+    return ((o + 1) * in + out - 1) / out;
+}
+
 /* Output size of a window op along one axis (PyTorch pooling_output_shape: floor, or
  * ceil without starting a window in the right padding); <= 0 when the window does not
  * fit. conv2d is the floor case. */
@@ -305,8 +331,19 @@ static inline void q8_requant(q8_gemm_kernel kernel, const int32_t *acc, int64_t
         q8_requant_reference(acc, n, m0, shift, step, zp, lo, hi, out);
 }
 
-/* Output bounds of a fused activation on `out`. */
+/* Output bounds of a fused activation on `out`, inside out's range (q8.h); `out` must be
+ * valid (q8_qparams_range). */
 void q8_act_bounds(q8_act act, q8_qparams out, int32_t *lo, int32_t *hi);
+/* A fused activation on a float: relu x < 0 ? 0 : x, relu6 also x > 6 ? 6 : x (PyTorch's
+ * clamp: NaN stays NaN, -0.0 stays -0.0). */
+static inline float q8_act_f32(float x, int32_t act)
+{
+    if (act != Q8_ACT_NONE)
+        x = x < 0.0f ? 0.0f : x;
+    if (act == Q8_ACT_RELU6)
+        x = x > 6.0f ? 6.0f : x;
+    return x;
+}
 /* The scalar bias quantization of q8_weights (q8.h); Q8_ERR_NUMERIC if out of int32. */
 q8_status q8_quantize_bias(const float *bias, int64_t n, float s_in, const float *s_w,
                            int64_t n_scale, int32_t *out);
@@ -367,6 +404,42 @@ static inline bool q8_acc_overflows(int64_t abs_sum, int64_t bias, int64_t folde
 q8_status q8_pack_weights(const q8_node *node, const int8_t *w, int64_t n, int64_t k,
                           const int32_t *bias, int32_t zp_u8, q8_packed *out);
 void q8_packed_free(q8_packed *p);
+
+/* ---- float GEMM (sgemm*.c): conv2d_f32 and linear_f32 ----
+ *
+ * C (m x n) = A (m x k) * B (k x n), then a bias per row and/or per column and a fused
+ * activation. Both operands are packed (BLIS's layout): A in panels of MR rows, each
+ * stored k-major (ap[panel][kk][MR]), B in panels of NR columns (bp[panel][kk][NR]),
+ * rows/columns beyond m/n zero. A micro-kernel keeps an MR x NR tile of C in registers
+ * for the whole k (the AVX2 one: 12 ymm accumulators, one FMA per 8 products). */
+enum { Q8_SGEMM_MR = 6, Q8_SGEMM_NR = 16 };
+static inline int64_t q8_sgemm_panels(int64_t rows, int64_t r) { return (rows + r - 1) / r; }
+/* One tile: rows <= MR and cols <= NR of C at `c` (row stride ldc) from one A and one B
+ * panel; bias_row (rows) / bias_col (cols) may be NULL. */
+typedef void (*q8_sgemm_tile_fn)(int64_t k, const float *ap, const float *bp, float *c,
+                                 int64_t ldc, int64_t rows, int64_t cols, const float *bias_row,
+                                 const float *bias_col, int32_t act);
+void q8_sgemm_tile_reference(int64_t k, const float *ap, const float *bp, float *c, int64_t ldc,
+                             int64_t rows, int64_t cols, const float *bias_row,
+                             const float *bias_col, int32_t act);
+void q8_sgemm_tile_avx2(int64_t k, const float *ap, const float *bp, float *c, int64_t ldc,
+                        int64_t rows, int64_t cols, const float *bias_row, const float *bias_col,
+                        int32_t act);
+bool q8_sgemm_avx2_available(void); /* AVX2 and FMA */
+/* c = act(tile + bias_row[i] + bias_col[j]) over rows x cols of an (MR, NR) tile: the
+ * edge store both kernels share (the AVX2 one stores full tiles itself, same order). */
+void q8_sgemm_store_tile(const float *tile, float *c, int64_t ldc, int64_t rows, int64_t cols,
+                         const float *bias_row, const float *bias_col, int32_t act);
+/* A (m x k, row stride lda) into MR-row panels: q8_sgemm_panels(m, MR) * MR * k floats. */
+void q8_sgemm_pack_a(int64_t m, int64_t k, const float *a, int64_t lda, float *ap);
+/* B given transposed, bt (n x k, row stride ldb) — a linear weight (O, K) — into NR-column
+ * panels: q8_sgemm_panels(n, NR) * NR * k floats. */
+void q8_sgemm_pack_bt(int64_t n, int64_t k, const float *bt, int64_t ldb, float *bp);
+/* The tiles over OpenMP threads (unless already inside a parallel region); `kernel`
+ * picks the micro-kernel (AVX2 only where q8_sgemm_avx2_available). */
+void q8_sgemm(q8_gemm_kernel kernel, int64_t m, int64_t n, int64_t k, const float *ap,
+              const float *bp, float *c, int64_t ldc, const float *bias_row,
+              const float *bias_col, int32_t act);
 
 void *q8_alloc(size_t bytes);  /* 64-byte aligned, NULL on OOM (no message) */
 void q8_free(void *p);

@@ -77,15 +77,39 @@ void q8_requant_reference(const int32_t *acc, int64_t n, const int32_t *m0,
     }
 }
 
+q8_status q8_qparams_range(q8_qparams qp, int32_t *lo, int32_t *hi)
+{
+    if (qp.dtype != Q8_U8 && qp.dtype != Q8_I8)
+        return q8_error(Q8_ERR_ARG, "qparams of dtype %s: a quantized value is u8 or i8",
+                        q8_dtype_name(qp.dtype));
+    int32_t dmin = q8_qmin(qp.dtype), dmax = q8_qmax(qp.dtype);
+    if (qp.qmin == 0 && qp.qmax == 0) {
+        *lo = dmin;
+        *hi = dmax;
+        return Q8_OK;
+    }
+    if (qp.qmin < dmin || qp.qmax > dmax || qp.qmin > qp.qmax)
+        return q8_error(Q8_ERR_ARG, "clamp range [%d, %d] is not an interval inside the %s range "
+                        "[%d, %d]",
+                        (int)qp.qmin, (int)qp.qmax, q8_dtype_name(qp.dtype), (int)dmin, (int)dmax);
+    if (qp.zero_point < qp.qmin || qp.zero_point > qp.qmax)
+        return q8_error(Q8_ERR_ARG, "zero point %d is outside the clamp range [%d, %d]",
+                        (int)qp.zero_point, (int)qp.qmin, (int)qp.qmax);
+    *lo = qp.qmin;
+    *hi = qp.qmax;
+    return Q8_OK;
+}
+
 void q8_act_bounds(q8_act act, q8_qparams out, int32_t *lo, int32_t *hi)
 {
-    int32_t qmin = q8_qmin(out.dtype), qmax = q8_qmax(out.dtype);
+    int32_t qmin = 0, qmax = 0;
+    Q8_ASSERT(q8_qparams_range(out, &qmin, &qmax) == Q8_OK);
     *lo = qmin;
     *hi = qmax;
     if (act == Q8_ACT_RELU || act == Q8_ACT_RELU6)
         *lo = out.zero_point > qmin ? out.zero_point : qmin;
     if (act == Q8_ACT_RELU6) {
-        /* nnq.ReLU6: min(max(q, zp), quantize(6.0)) */
+        /* nnq.ReLU6: min(max(q, zp), quantize(6.0)), here inside the clamp range */
         int32_t q6 = q8_quantize_value(6.0f, out.scale, out.zero_point, out.dtype);
         *hi = q6 < qmax ? q6 : qmax;
     }

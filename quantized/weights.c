@@ -81,10 +81,21 @@ q8_status q8_builder_weight_consts(q8_builder *b, int32_t node, const q8_weights
 q8_status q8_builder_clamp_attrs(q8_builder *b, int32_t node, q8_act act, q8_qparams out)
 {
     int32_t lo = 0, hi = 0;
-    if (act != Q8_ACT_NONE && act != Q8_ACT_RELU && act != Q8_ACT_RELU6)
-        return q8_builder_node_fail(b, node, Q8_ERR_ARG, "unknown activation %d", (int)act);
-    if (out.dtype == Q8_U8 || out.dtype == Q8_I8)
-        q8_act_bounds(act, out, &lo, &hi);
+    if (!q8_builder_ok(b))
+        return q8_last_status();
+    if (act != Q8_ACT_NONE && act != Q8_ACT_RELU && act != Q8_ACT_RELU6) {
+        q8_builder_node_fail(b, node, Q8_ERR_ARG, "unknown activation %d", (int)act);
+        return q8_builder_status(b);
+    }
+    if (out.dtype != Q8_U8 && out.dtype != Q8_I8) {
+        q8_builder_set_attr(b, node, "clamp_min", 0); /* the op's check names the dtype */
+        return q8_builder_set_attr(b, node, "clamp_max", 0);
+    }
+    if (q8_qparams_range(out, &lo, &hi) != Q8_OK) {
+        q8_builder_node_fail_last(b, node);
+        return q8_builder_status(b);
+    }
+    q8_act_bounds(act, out, &lo, &hi);
     q8_builder_set_attr(b, node, "clamp_min", lo);
     return q8_builder_set_attr(b, node, "clamp_max", hi);
 }

@@ -6,9 +6,11 @@
  *       INPUT.h5 holds one dataset per graph input, "input_0", "input_1", ..., of the
  *       input value's dtype (f32, u8 or i8) and shape (N, ...). OUT.h5 gets "values/<id>"
  *       for every value id, shape (N, ...), the value's dtype.
- *   q8_run --make-demo MODEL.h5 u8|i8
- *       builds and saves the demo model that exercises every op (input f32 (N,3,12,11),
- *       output f32 (N,5)).
+ *   q8_run --make-demo MODEL.h5 u8|i8|float|dynamic
+ *       builds and saves a demo model, input f32 (N,3,12,11), output f32 (N,5):
+ *       u8/i8: every quantized op on those activations, with restricted clamp ranges
+ *       and requantize; float: every float op; dynamic: the float ops with dyadic weights
+ *       (every float sum exact for dyadic inputs) ending in linear_dynamic.
  *   q8_run --describe MODEL.h5
  *
  * CQAT_Q8_GEMM=reference forces the portable GEMM kernel. Exit status 0 on success.
@@ -38,6 +40,17 @@ static float uniform(float lo, float hi)
     return lo + (hi - lo) * (float)((double)(next() >> 11) / 9007199254740992.0);
 }
 
+/* qparams over the dtype's full range, and over [lo, hi]. */
+static q8_qparams qp(q8_dtype dt, float scale, int32_t zp)
+{
+    return (q8_qparams){.dtype = dt, .scale = scale, .zero_point = zp};
+}
+
+static q8_qparams qpr(q8_dtype dt, float scale, int32_t zp, int32_t lo, int32_t hi)
+{
+    return (q8_qparams){dt, scale, zp, lo, hi};
+}
+
 /* Random weights (O, K) with per-channel (or one) scales and a float bias; the arrays live
  * in static storage until the builder has copied them. */
 static q8_weights weights(int64_t o, int64_t k, bool per_channel, float scale_lo, float scale_hi)
@@ -55,52 +68,133 @@ static q8_weights weights(int64_t o, int64_t k, bool per_channel, float scale_lo
     return (q8_weights){w[i], s[i], per_channel ? o : 1, b[i]};
 }
 
-static int make_demo(const char *path, const char *act_name)
+/* Random floats in [lo, hi), or multiples of 1/denom with |k| <= kmax (denom > 0): the
+ * dyadic values of the exact demo, whose float sums no order can round. Static storage,
+ * as weights(). */
+static float *floats(int64_t n, float lo, float hi, int32_t kmax, float denom)
 {
-    q8_dtype act = strcmp(act_name, "i8") == 0 ? Q8_I8 : Q8_U8;
+    static float pool[16][4096];
+    static int slot = 0;
+    float *p = pool[slot++ % 16];
+    for (int64_t j = 0; j < n; j++)
+        p[j] = denom > 0 ? (float)((int32_t)(next() % (uint64_t)(2 * kmax + 1)) - kmax) / denom
+                         : uniform(lo, hi);
+    return p;
+}
+
+/* Every quantized op, with restricted clamp ranges (QAT's quant_min/quant_max) on most
+ * outputs and requantize nodes. */
+static void quantized_demo(q8_builder *b, q8_dtype act)
+{
     int32_t zlo = act == Q8_U8 ? 0 : -128, zmid = act == Q8_U8 ? 128 : 0;
-    q8_builder *b = q8_builder_new();
-    q8_builder_set_attr_text(b, "source_model", "q8_run demo");
-    q8_builder_set_attr_text(b, "qconfig", act == Q8_U8 ? "quint8 activations, per-channel qint8 "
-                                                          "weights"
-                                                        : "qint8 activations");
+    q8_dtype other = act == Q8_U8 ? Q8_I8 : Q8_U8;
     int64_t xs[4] = {-1, 3, 12, 11};
     int32_t x = q8_builder_input(b, "x", Q8_F32, 4, xs);
-    int32_t q = q8_builder_quantize(b, "quant", x, (q8_qparams){act, 1.0f / 32, zmid});
+    int32_t q = q8_builder_quantize(b, "quant", x,
+                                    qpr(act, 1.0f / 32, zmid, zmid - 90, zmid + 100));
+    int32_t zo = other == Q8_U8 ? 100 : 3; /* values in the other dtype */
+    q8_builder_quantize(b, "quant_other", x, qpr(other, 0.05f, zo, zo - 30, zo + 40)); /* unread */
     q8_conv2d_desc d1 = {8, {3, 3}, {1, 1}, {1, 1}, {1, 1}, 1};
     q8_weights w1 = weights(8, 27, true, 0.004f, 0.008f);
-    int32_t c1 = q8_builder_conv2d(b, "conv1", q, &d1, &w1, (q8_qparams){act, 0.1f, zlo},
+    int32_t c1 = q8_builder_conv2d(b, "conv1", q, &d1, &w1, qpr(act, 0.1f, zlo, zlo, zlo + 127),
                                    Q8_ACT_RELU);
     q8_pool2d_desc mp = {{3, 3}, {2, 2}, {1, 1}, {1, 1}, true, false, 0};
     int32_t p1 = q8_builder_max_pool2d(b, "pool1", c1, &mp);
     q8_conv2d_desc d2 = {8, {3, 3}, {1, 1}, {1, 1}, {1, 1}, 8};
     q8_weights w2 = weights(8, 9, true, 0.005f, 0.01f);
-    int32_t c2 = q8_builder_conv2d(b, "dw", p1, &d2, &w2, (q8_qparams){act, 0.08f, zmid},
-                                   Q8_ACT_NONE);
-    int32_t h = q8_builder_hardswish(b, "hswish", c2, (q8_qparams){act, 0.04f, zmid - 20});
+    int32_t c2 = q8_builder_conv2d(b, "dw", p1, &d2, &w2, qp(act, 0.08f, zmid), Q8_ACT_NONE);
+    int32_t h = q8_builder_hardswish(b, "hswish", c2,
+                                     qpr(act, 0.04f, zmid - 20, zmid - 60, zmid + 60));
     q8_conv2d_desc d3 = {8, {3, 3}, {1, 1}, {2, 2}, {2, 2}, 2};
     q8_weights w3 = weights(8, 36, false, 0.003f, 0.003f);
-    int32_t c3 = q8_builder_conv2d(b, "grouped", p1, &d3, &w3, (q8_qparams){act, 0.07f, zmid},
-                                   Q8_ACT_RELU6);
-    int32_t a = q8_builder_add(b, "add", h, c3, (q8_qparams){act, 0.05f, zmid}, Q8_ACT_RELU);
-    int32_t mu = q8_builder_mul(b, "mul", a, c3, (q8_qparams){act, 0.15f, zlo + 10}, Q8_ACT_NONE);
+    int32_t c3 = q8_builder_conv2d(b, "grouped", p1, &d3, &w3,
+                                   qpr(act, 0.07f, zmid, zmid - 50, zmid + 50), Q8_ACT_RELU6);
+    int32_t a = q8_builder_add(b, "add", h, c3, qpr(act, 0.05f, zmid, zmid - 100, zmid + 72),
+                               Q8_ACT_RELU);
+    int32_t mu = q8_builder_mul(b, "mul", a, c3, qpr(act, 0.15f, zlo + 10, zlo + 4, zlo + 90),
+                                Q8_ACT_NONE);
     int32_t parts[3] = {a, mu, p1};
-    int32_t ct = q8_builder_cat(b, "cat", parts, 3, (q8_qparams){act, 0.1f, zlo + 5});
+    int32_t ct = q8_builder_cat(b, "cat", parts, 3, qpr(act, 0.1f, zlo + 5, zlo + 2, zlo + 150));
     int32_t cl = q8_builder_clamp(b, "relu6", ct, Q8_ACT_RELU6);
+    int32_t r6 = q8_builder_requantize(b, "relu6_observed", cl,
+                                       qpr(act, 0.06f, zlo + 3, zlo, zlo + 127), Q8_ACT_RELU6);
     q8_pool2d_desc ap = {{3, 3}, {2, 2}, {1, 1}, {0, 0}, true, false, 0};
-    q8_qparams ap_out = {act, 0.02f, zlo + 3};
-    int32_t av = q8_builder_avg_pool2d(b, "avgpool", cl, &ap, &ap_out);
-    int32_t ad = q8_builder_adaptive_avg_pool2d(b, "adaptive", av, 2, 2, NULL);
+    q8_qparams ap_out = qpr(act, 0.02f, zlo + 3, zlo, zlo + 127);
+    int32_t av = q8_builder_avg_pool2d(b, "avgpool", r6, &ap, &ap_out);
+    q8_qparams ad_out = qpr(act, 0.025f, zlo + 4, zlo + 1, zlo + 200);
+    int32_t ad = q8_builder_adaptive_avg_pool2d(b, "adaptive", av, 2, 2, &ad_out);
     int32_t f = q8_builder_flatten(b, "flatten", ad);
     q8_weights w4 = weights(16, 96, false, 0.004f, 0.004f);
-    int32_t l1 = q8_builder_linear(b, "fc1", f, 16, &w4, (q8_qparams){act, 0.08f, zlo},
+    int32_t l1 = q8_builder_linear(b, "fc1", f, 16, &w4, qpr(act, 0.08f, zlo, zlo, zlo + 127),
                                    Q8_ACT_RELU6);
     q8_weights w5 = weights(12, 16, true, 0.005f, 0.01f);
-    int32_t l2 = q8_builder_linear(b, "fc2", l1, 12, &w5, (q8_qparams){act, 0.12f, zmid},
-                                   Q8_ACT_NONE);
+    int32_t l2 = q8_builder_linear(b, "fc2", l1, 12, &w5, qp(act, 0.12f, zmid), Q8_ACT_NONE);
+    q8_builder_requantize(b, "to_other", l2, qpr(other, 0.1f, zo, zo - 50, zo + 50),
+                          Q8_ACT_NONE); /* unread */
     int32_t dq = q8_builder_dequantize(b, "dequant", l2);
     q8_weights w6 = weights(5, 12, true, 0.005f, 0.01f);
     q8_builder_output(b, q8_builder_linear_dynamic(b, "fc3", dq, 5, &w6, Q8_ACT_NONE));
+}
+
+/* Every float op. denom > 0: the convolutions' weights and biases dyadic (on a dyadic
+ * input every float sum of a convolution is then exact, in any order; the other float
+ * ops round in an order the format fixes), and linear_dynamic in place of linear_f32. */
+static void float_demo(q8_builder *b, float denom)
+{
+    int32_t km = 8; /* weights k/denom, |k| <= 8 */
+    int64_t xs[4] = {-1, 3, 12, 11};
+    int32_t x = q8_builder_input(b, "x", Q8_F32, 4, xs);
+    q8_conv2d_desc d1 = {8, {3, 3}, {1, 1}, {1, 1}, {1, 1}, 1};
+    int32_t c1 = q8_builder_conv2d_f32(b, "conv1", x, &d1, floats(8 * 27, -0.3f, 0.3f, km, denom),
+                                       floats(8, -0.3f, 0.3f, km, denom), Q8_ACT_RELU);
+    q8_pool2d_desc mp = {{3, 3}, {2, 2}, {1, 1}, {1, 1}, true, false, 0};
+    int32_t p1 = q8_builder_max_pool2d_f32(b, "pool1", c1, &mp);
+    q8_conv2d_desc d2 = {8, {3, 3}, {1, 1}, {1, 1}, {1, 1}, 8};
+    int32_t c2 = q8_builder_conv2d_f32(b, "dw", p1, &d2, floats(8 * 9, -0.5f, 0.5f, km, denom),
+                                       NULL, Q8_ACT_NONE);
+    int32_t h = q8_builder_hardswish_f32(b, "hswish", c2);
+    q8_conv2d_desc d3 = {8, {3, 3}, {1, 1}, {2, 2}, {2, 2}, 2};
+    int32_t c3 = q8_builder_conv2d_f32(b, "grouped", p1, &d3,
+                                       floats(8 * 36, -0.3f, 0.3f, km, denom),
+                                       floats(8, -0.3f, 0.3f, km, denom), Q8_ACT_RELU6);
+    int32_t a = q8_builder_add_f32(b, "add", h, c3, Q8_ACT_RELU);
+    int32_t mu = q8_builder_mul_f32(b, "mul", a, c3, Q8_ACT_NONE);
+    int32_t parts[3] = {a, mu, p1};
+    int32_t ct = q8_builder_cat_f32(b, "cat", parts, 3);
+    int32_t cl = q8_builder_clamp_f32(b, "relu6", ct, Q8_ACT_RELU6);
+    q8_pool2d_desc ap = {{3, 3}, {2, 2}, {1, 1}, {0, 0}, true, false, 0};
+    int32_t av = q8_builder_avg_pool2d_f32(b, "avgpool", cl, &ap);
+    q8_pool2d_desc ap2 = {{2, 2}, {1, 1}, {1, 0}, {0, 0}, false, true, 0};
+    q8_builder_avg_pool2d_f32(b, "avgpool_pad", cl, &ap2); /* unread */
+    int32_t ad = q8_builder_adaptive_avg_pool2d_f32(b, "adaptive", av, 2, 2);
+    q8_builder_adaptive_avg_pool2d_f32(b, "global", av, 1, 1); /* unread */
+    int32_t f = q8_builder_flatten(b, "flatten", ad);
+    if (denom > 0) {
+        /* dynamic quantization's tail: int8 linears on float data (a float linear would
+         * sum inexact terms here, in an order the format leaves free) */
+        q8_weights w1 = weights(16, 96, true, 0.005f, 0.01f);
+        int32_t l1 = q8_builder_linear_dynamic(b, "fc1", f, 16, &w1, Q8_ACT_RELU);
+        q8_weights w2 = weights(5, 16, true, 0.005f, 0.01f);
+        q8_builder_output(b, q8_builder_linear_dynamic(b, "fc2", l1, 5, &w2, Q8_ACT_NONE));
+        return;
+    }
+    int32_t l1 = q8_builder_linear_f32(b, "fc1", f, 16, floats(16 * 96, -0.2f, 0.2f, 0, 0),
+                                       floats(16, -0.3f, 0.3f, 0, 0), Q8_ACT_RELU6);
+    q8_builder_output(b, q8_builder_linear_f32(b, "fc2", l1, 5, floats(5 * 16, -0.3f, 0.3f, 0, 0),
+                                               floats(5, -0.3f, 0.3f, 0, 0), Q8_ACT_NONE));
+}
+
+static int make_demo(const char *path, const char *kind)
+{
+    q8_builder *b = q8_builder_new();
+    q8_builder_set_attr_text(b, "source_model", "q8_run demo");
+    q8_builder_set_attr_text(b, "qconfig", kind);
+    if (strcmp(kind, "float") == 0)
+        float_demo(b, 0.0f);
+    else if (strcmp(kind, "dynamic") == 0)
+        float_demo(b, 64.0f);
+    else
+        quantized_demo(b, strcmp(kind, "i8") == 0 ? Q8_I8 : Q8_U8);
     q8_model *m = q8_builder_finish(b);
     if (!m || q8_model_save(m, path) != Q8_OK) {
         fprintf(stderr, "q8_run: %s\n", q8_last_error());
@@ -236,7 +330,7 @@ int main(int argc, char **argv)
     if (argc == 4)
         return run(argv[1], argv[2], argv[3]);
     fprintf(stderr, "usage: q8_run MODEL.h5 INPUT.h5 OUT.h5\n"
-                    "       q8_run --make-demo MODEL.h5 u8|i8\n"
+                    "       q8_run --make-demo MODEL.h5 u8|i8|float|dynamic\n"
                     "       q8_run --describe MODEL.h5\n");
     return 2;
 }

@@ -5,9 +5,15 @@ value of the same model and input.
 
     test_q8_reference.py PATH/TO/q8_run [--keep]
 
-For u8 and i8 activations: q8_run --make-demo writes a model that uses every op; a
-random float batch (with values placed on quantization ties) is run by q8_run with each
-GEMM kernel and by q8_reference.py; every value is compared. Exit status 0 if all agree.
+q8_run --make-demo writes four models, each run by q8_run with each GEMM kernel and by
+q8_reference.py on the same random batch; every value is compared:
+  u8, i8    every quantized op, restricted clamp ranges, requantize; the input has
+            values placed on quantization ties. Identical integers and float bits.
+  dynamic   every float op with dyadic weights on a dyadic input (no float sum can
+            round, in any order), ending in linear_dynamic: identical bits throughout.
+  float     every float op on random floats: the float sums' order is the runtime's,
+            so values agree within 1e-5 relative (to the value's largest magnitude).
+Exit status 0 if all agree.
 """
 import os
 import subprocess
@@ -25,13 +31,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE = os.path.join(HERE, "..", "tools", "q8_reference.py")
 
 
-def make_input(path, seed, batch):
+def make_input(path, seed, batch, kind):
     rng = np.random.default_rng(seed)
     x = rng.uniform(-3.0, 3.0, size=(batch, 3, 12, 11)).astype(np.float32)
-    # exact ties of the first quantize (scale 1/32): k/32 + 1/64
-    flat = x.reshape(-1)
-    flat[:40] = (rng.integers(-90, 90, size=40) / 32.0 + 1 / 64.0).astype(np.float32)
-    flat[40:50] = np.float32([0, -0.0, 100, -100, 4, -4, 3.984375, 1e-9, -1e-9, 0.5])
+    if kind == "dynamic":
+        x = (np.rint(x * 8) / 8).astype(np.float32)  # k/8: every float sum stays exact
+    elif kind != "float":
+        # exact ties of the first quantize (scale 1/32): k/32 + 1/64
+        flat = x.reshape(-1)
+        flat[:40] = (rng.integers(-90, 90, size=40) / 32.0 + 1 / 64.0).astype(np.float32)
+        flat[40:50] = np.float32([0, -0.0, 100, -100, 4, -4, 3.984375, 1e-9, -1e-9, 0.5])
     with h5py.File(path, "w") as f:
         f.create_dataset("input_0", data=x)
 
@@ -41,7 +50,18 @@ def read_values(path):
         return {int(k): np.array(v) for k, v in f["values"].items()}
 
 
-def compare(c_vals, py_vals, label):
+def close(a, b):
+    """Float values of the float demo: within 1e-5 of the value's largest magnitude, or
+    relative; NaN where the other has NaN."""
+    nan = np.isnan(a) | np.isnan(b)
+    scale = np.max(np.abs(b[~np.isnan(b)]), initial=0.0)
+    tol = 1e-5 * (np.abs(b) + scale)
+    with np.errstate(invalid="ignore"):
+        ok = np.abs(a.astype(np.float64) - b) <= tol
+    return np.where(nan, np.isnan(a) & np.isnan(b), ok)
+
+
+def compare(c_vals, py_vals, label, tolerant):
     bad = 0
     if sorted(c_vals) != sorted(py_vals):
         print(f"{label}: value ids differ: C {sorted(c_vals)} vs numpy {sorted(py_vals)}")
@@ -52,7 +72,12 @@ def compare(c_vals, py_vals, label):
             print(f"{label}: value {vid}: C {a.dtype}{a.shape} vs numpy {b.dtype}{b.shape}")
             bad += 1
             continue
-        same = (a.view(np.uint32) == b.view(np.uint32)) if a.dtype == np.float32 else (a == b)
+        if a.dtype != np.float32:
+            same = a == b
+        elif tolerant:
+            same = close(a, b)
+        else:
+            same = a.view(np.uint32) == b.view(np.uint32)
         if not np.all(same):
             idx = np.argwhere(~same)
             first = tuple(idx[0])
@@ -70,21 +95,23 @@ def main(argv):
     keep = "--keep" in argv
     tmp = tempfile.mkdtemp(prefix="q8ref-")
     failures = 0
-    for act in ("u8", "i8"):
-        model = os.path.join(tmp, f"demo_{act}.h5")
-        inp = os.path.join(tmp, f"input_{act}.h5")
-        subprocess.run([q8_run, "--make-demo", model, act], check=True)
-        make_input(inp, 7 if act == "u8" else 8, batch=3)
-        py_out = os.path.join(tmp, f"numpy_{act}.h5")
+    for seed, kind in enumerate(("u8", "i8", "dynamic", "float")):
+        model = os.path.join(tmp, f"demo_{kind}.h5")
+        inp = os.path.join(tmp, f"input_{kind}.h5")
+        subprocess.run([q8_run, "--make-demo", model, kind], check=True)
+        make_input(inp, 7 + seed, 3, kind)
+        py_out = os.path.join(tmp, f"numpy_{kind}.h5")
         subprocess.run([sys.executable, REFERENCE, model, inp, py_out], check=True)
         py_vals = read_values(py_out)
+        tolerant = kind == "float"
         for kernel in ("reference", "avx2"):
-            c_out = os.path.join(tmp, f"c_{act}_{kernel}.h5")
+            c_out = os.path.join(tmp, f"c_{kind}_{kernel}.h5")
             env = dict(os.environ, CQAT_Q8_GEMM=kernel)
             subprocess.run([q8_run, model, inp, c_out], check=True, env=env)
-            bad = compare(read_values(c_out), py_vals, f"{act}/{kernel}")
-            print(f"{act} activations, {kernel} GEMM: {len(py_vals)} values, "
-                  f"{'all identical' if bad == 0 else f'{bad} differ'}")
+            bad = compare(read_values(c_out), py_vals, f"{kind}/{kernel}", tolerant)
+            agree = "within 1e-5" if tolerant else "identical"
+            print(f"{kind} demo, {kernel} GEMM: {len(py_vals)} values, "
+                  f"{f'all {agree}' if bad == 0 else f'{bad} differ'}")
             failures += bad
     if keep:
         print(f"files kept in {tmp}")

@@ -62,6 +62,17 @@ static void fill_weights(rng *r, int8_t *p, int64_t n)
         p[i] = (int8_t)rng_int(r, -128, 127);
 }
 
+/* qparams over the dtype's full range, and over [lo, hi]. */
+static q8_qparams qp(q8_dtype dt, float scale, int32_t zp)
+{
+    return (q8_qparams){.dtype = dt, .scale = scale, .zero_point = zp};
+}
+
+static q8_qparams qpr(q8_dtype dt, float scale, int32_t zp, int32_t lo, int32_t hi)
+{
+    return (q8_qparams){dt, scale, zp, lo, hi};
+}
+
 /* The integer stored in a u8/i8 byte. */
 static int32_t qv(const uint8_t *p, int64_t i, q8_dtype dt)
 {
@@ -369,13 +380,13 @@ END_TEST
 START_TEST(fused_activation_bounds_come_from_the_output_qparams)
 {
     int32_t lo = 0, hi = 0;
-    q8_act_bounds(Q8_ACT_NONE, (q8_qparams){Q8_U8, 0.1f, 20}, &lo, &hi);
+    q8_act_bounds(Q8_ACT_NONE, qp(Q8_U8, 0.1f, 20), &lo, &hi);
     ck_assert(lo == 0 && hi == 255);
-    q8_act_bounds(Q8_ACT_RELU, (q8_qparams){Q8_U8, 0.1f, 20}, &lo, &hi);
+    q8_act_bounds(Q8_ACT_RELU, qp(Q8_U8, 0.1f, 20), &lo, &hi);
     ck_assert(lo == 20 && hi == 255);
-    q8_act_bounds(Q8_ACT_RELU6, (q8_qparams){Q8_U8, 0.1f, 20}, &lo, &hi);
+    q8_act_bounds(Q8_ACT_RELU6, qp(Q8_U8, 0.1f, 20), &lo, &hi);
     ck_assert(lo == 20 && hi == 80);
-    q8_act_bounds(Q8_ACT_RELU6, (q8_qparams){Q8_I8, 0.01f, -100}, &lo, &hi);
+    q8_act_bounds(Q8_ACT_RELU6, qp(Q8_I8, 0.01f, -100), &lo, &hi);
     ck_assert(lo == -100 && hi == 127); /* quantize(6) = 500 saturates */
 }
 END_TEST
@@ -533,8 +544,8 @@ START_TEST(quantize_op_matches_the_formula_with_ties_nan_and_inf)
     int64_t shape[2] = {-1, 8};
     q8_builder *b = q8_builder_new();
     int32_t x = q8_builder_input(b, "x", Q8_F32, 2, shape);
-    int32_t q1 = q8_builder_quantize(b, "q", x, (q8_qparams){Q8_U8, 0.5f, 10});
-    int32_t q2 = q8_builder_quantize(b, "qi", x, (q8_qparams){Q8_I8, 0.25f, -3});
+    int32_t q1 = q8_builder_quantize(b, "q", x, qp(Q8_U8, 0.5f, 10));
+    int32_t q2 = q8_builder_quantize(b, "qi", x, qp(Q8_I8, 0.25f, -3));
     q8_builder_output(b, q1);
     q8_builder_output(b, q2);
     q8_model *m = q8_builder_finish(b);
@@ -562,7 +573,7 @@ START_TEST(dequantize_op_is_scale_times_q_minus_zero_point)
 {
     int64_t shape[3] = {-1, 2, 3};
     q8_builder *b = q8_builder_new();
-    int32_t x = q8_builder_input_quantized(b, "x", (q8_qparams){Q8_I8, 0.3f, -7}, 3, shape);
+    int32_t x = q8_builder_input_quantized(b, "x", qp(Q8_I8, 0.3f, -7), 3, shape);
     q8_builder_output(b, q8_builder_dequantize(b, "dq", x));
     q8_model *m = q8_builder_finish(b);
     ck_assert_ptr_nonnull(m);
@@ -658,18 +669,19 @@ static void free_layer(layer_data *d)
 }
 
 /* Builds the one-layer model, runs it with both GEMM kernels and checks: identical to the
- * integer reference, within 1 of the real result and equal to it for >= 98%. */
-static void check_layer(const layer_case *lc, uint64_t seed)
+ * integer reference, within 1 of the real result and equal to it for >= 98%. The output
+ * is clamped to [qmin, qmax] (0, 0: the dtype's range). */
+static void check_layer_range(const layer_case *lc, uint64_t seed, int32_t qmin, int32_t qmax)
 {
     rng r = {seed};
     layer_data d;
     make_layer(lc, &r, &d);
     bool conv = lc->h > 0;
-    q8_qparams out = {lc->out_dt, d.s_out, d.zp_out};
+    q8_qparams out = qpr(lc->out_dt, d.s_out, d.zp_out, qmin, qmax);
     q8_weights wt = {d.w, d.sw, lc->per_channel ? lc->o : 1, d.bias};
     q8_builder *b = q8_builder_new();
     int64_t xs[4] = {-1, lc->c, lc->h, lc->w}, y;
-    int32_t x = q8_builder_input_quantized(b, "x", (q8_qparams){lc->in_dt, d.s_in, d.zp_in},
+    int32_t x = q8_builder_input_quantized(b, "x", qp(lc->in_dt, d.s_in, d.zp_in),
                                            conv ? 4 : 2, xs);
     if (conv) {
         q8_conv2d_desc cd = {lc->o, {lc->kh, lc->kw}, {lc->sh, lc->sw}, {lc->ph, lc->pw},
@@ -687,6 +699,17 @@ static void check_layer(const layer_case *lc, uint64_t seed)
     int32_t *y_int = malloc((size_t)total * sizeof *y_int);
     double *y_real = malloc((size_t)total * sizeof *y_real);
     layer_reference(lc, &d, lo, hi, y_int, y_real);
+    if (qmin != 0 || qmax != 0) { /* the range must clamp some results, or proves nothing */
+        int32_t full_lo = 0, full_hi = 0, *y_full = malloc((size_t)total * sizeof *y_full);
+        int64_t clamped = 0;
+        q8_act_bounds(lc->act, qp(lc->out_dt, d.s_out, d.zp_out), &full_lo, &full_hi);
+        layer_reference(lc, &d, full_lo, full_hi, y_full, y_real);
+        for (int64_t i = 0; i < total; i++)
+            clamped += y_full[i] != y_int[i];
+        ck_assert_msg(clamped > 0, "seed %" PRIu64 ": the range [%d, %d] clamps nothing", seed,
+                      (int)qmin, (int)qmax);
+        free(y_full);
+    }
     for (int kernel = 0; kernel < 2; kernel++) {
         if (kernel == 1 && !q8_gemm_avx2_available())
             break;
@@ -711,6 +734,8 @@ static void check_layer(const layer_case *lc, uint64_t seed)
     free_layer(&d);
     q8_model_free(m);
 }
+
+static void check_layer(const layer_case *lc, uint64_t seed) { check_layer_range(lc, seed, 0, 0); }
 
 START_TEST(conv2d_matches_integer_and_real_references)
 {
@@ -850,28 +875,28 @@ static void check_binary(const char *op, q8_qparams qa, q8_qparams qb, q8_qparam
 
 START_TEST(add_matches_the_float_sum_and_add_relu_clamps_at_the_zero_point)
 {
-    check_binary("add", (q8_qparams){Q8_U8, 0.05f, 120}, (q8_qparams){Q8_U8, 0.02f, 30},
-                 (q8_qparams){Q8_U8, 0.07f, 100}, Q8_ACT_NONE, 1);
-    check_binary("add", (q8_qparams){Q8_I8, 0.01f, -5}, (q8_qparams){Q8_U8, 0.03f, 128},
-                 (q8_qparams){Q8_I8, 0.04f, 3}, Q8_ACT_RELU, 2);
-    check_binary("add", (q8_qparams){Q8_U8, 0.1f, 0}, (q8_qparams){Q8_U8, 0.1f, 0},
-                 (q8_qparams){Q8_U8, 0.1f, 0}, Q8_ACT_NONE, 3); /* equal scales: exact */
+    check_binary("add", qp(Q8_U8, 0.05f, 120), qp(Q8_U8, 0.02f, 30),
+                 qp(Q8_U8, 0.07f, 100), Q8_ACT_NONE, 1);
+    check_binary("add", qp(Q8_I8, 0.01f, -5), qp(Q8_U8, 0.03f, 128),
+                 qp(Q8_I8, 0.04f, 3), Q8_ACT_RELU, 2);
+    check_binary("add", qp(Q8_U8, 0.1f, 0), qp(Q8_U8, 0.1f, 0),
+                 qp(Q8_U8, 0.1f, 0), Q8_ACT_NONE, 3); /* equal scales: exact */
 }
 END_TEST
 
 START_TEST(mul_matches_the_float_product)
 {
-    check_binary("mul", (q8_qparams){Q8_U8, 0.05f, 120}, (q8_qparams){Q8_U8, 0.02f, 30},
-                 (q8_qparams){Q8_U8, 0.3f, 100}, Q8_ACT_NONE, 4);
-    check_binary("mul", (q8_qparams){Q8_I8, 0.02f, 0}, (q8_qparams){Q8_I8, 0.02f, 10},
-                 (q8_qparams){Q8_I8, 0.5f, -20}, Q8_ACT_RELU, 5);
+    check_binary("mul", qp(Q8_U8, 0.05f, 120), qp(Q8_U8, 0.02f, 30),
+                 qp(Q8_U8, 0.3f, 100), Q8_ACT_NONE, 4);
+    check_binary("mul", qp(Q8_I8, 0.02f, 0), qp(Q8_I8, 0.02f, 10),
+                 qp(Q8_I8, 0.5f, -20), Q8_ACT_RELU, 5);
 }
 END_TEST
 
 START_TEST(cat_requantizes_each_input_and_copies_equal_qparams)
 {
     int64_t s1[4] = {-1, 2, 3, 2}, s2[4] = {-1, 1, 3, 2};
-    q8_qparams q1 = {Q8_U8, 0.1f, 10}, q2 = {Q8_I8, 0.05f, -4};
+    q8_qparams q1 = qp(Q8_U8, 0.1f, 10), q2 = qp(Q8_I8, 0.05f, -4);
     q8_builder *b = q8_builder_new();
     int32_t a = q8_builder_input_quantized(b, "a", q1, 4, s1);
     int32_t c = q8_builder_input_quantized(b, "c", q2, 4, s2);
@@ -910,7 +935,7 @@ static q8_model *pool_model(const char *op, q8_dtype dt, int64_t c, int64_t h, i
 {
     int64_t shape[4] = {-1, c, h, w};
     q8_builder *b = q8_builder_new();
-    int32_t x = q8_builder_input_quantized(b, "x", (q8_qparams){dt, 0.1f, dt == Q8_U8 ? 7 : -7},
+    int32_t x = q8_builder_input_quantized(b, "x", qp(dt, 0.1f, dt == Q8_U8 ? 7 : -7),
                                            4, shape);
     int32_t y = !strcmp(op, "max")   ? q8_builder_max_pool2d(b, "pool", x, d)
                 : !strcmp(op, "avg") ? q8_builder_avg_pool2d(b, "pool", x, d, out)
@@ -995,7 +1020,7 @@ START_TEST(avg_pool2d_is_the_half_even_mean_with_both_pad_counting_rules)
         q8_dtype dt = cases[t].dt;
         const int64_t n = 2, c = 2, h = 7, w = 6;
         /* a requantizing pool: out scale 0.4 = 4 * in scale, so the ratio 1/4 is dyadic */
-        q8_qparams out = {dt, 0.4f, dt == Q8_U8 ? 20 : -20};
+        q8_qparams out = qp(dt, 0.4f, dt == Q8_U8 ? 20 : -20);
         q8_model *m = pool_model("avg", dt, c, h, w, d, cases[t].requant ? &out : NULL, 0, 0);
         uint8_t x[2 * 2 * 7 * 6];
         fill_bytes(&r, x, n * c * h * w);
@@ -1065,9 +1090,8 @@ END_TEST
 START_TEST(flatten_and_clamp_move_integers_without_changing_qparams)
 {
     int64_t shape[4] = {-1, 2, 2, 3};
-    q8_qparams qp = {Q8_U8, 0.1f, 30};
     q8_builder *b = q8_builder_new();
-    int32_t x = q8_builder_input_quantized(b, "x", qp, 4, shape);
+    int32_t x = q8_builder_input_quantized(b, "x", qp(Q8_U8, 0.1f, 30), 4, shape);
     int32_t f = q8_builder_flatten(b, "flat", x);
     int32_t r6 = q8_builder_clamp(b, "relu6", f, Q8_ACT_RELU6);
     q8_builder_output(b, r6);
@@ -1089,8 +1113,8 @@ END_TEST
 
 START_TEST(hardswish_table_matches_the_float_formula)
 {
-    const q8_qparams ins[2] = {{Q8_U8, 0.05f, 100}, {Q8_I8, 0.04f, -10}};
-    const q8_qparams outs[2] = {{Q8_U8, 0.03f, 20}, {Q8_I8, 0.02f, -30}};
+    const q8_qparams ins[2] = {qp(Q8_U8, 0.05f, 100), qp(Q8_I8, 0.04f, -10)};
+    const q8_qparams outs[2] = {qp(Q8_U8, 0.03f, 20), qp(Q8_I8, 0.02f, -30)};
     for (int t = 0; t < 2; t++) {
         int64_t shape[2] = {-1, 256};
         q8_builder *b = q8_builder_new();
@@ -1115,6 +1139,1002 @@ START_TEST(hardswish_table_matches_the_float_formula)
         ck_assert_float_eq(r3, 3.0f);
         q8_model_free(m);
     }
+}
+END_TEST
+
+/* ---------------------------------------------------------------------------------
+ * restricted clamp ranges (QAT's quant_min/quant_max) and requantize
+ * ------------------------------------------------------------------------------- */
+
+START_TEST(qparams_range_is_the_dtype_by_default_and_must_hold_the_zero_point)
+{
+    int32_t lo = 0, hi = 0;
+    CK_Q8(q8_qparams_range(qp(Q8_U8, 0.1f, 3), &lo, &hi));
+    ck_assert(lo == 0 && hi == 255);
+    CK_Q8(q8_qparams_range(qp(Q8_I8, 0.1f, 3), &lo, &hi));
+    ck_assert(lo == -128 && hi == 127);
+    CK_Q8(q8_qparams_range(qpr(Q8_U8, 0.1f, 3, 0, 127), &lo, &hi)); /* reduce_range */
+    ck_assert(lo == 0 && hi == 127);
+    CK_Q8(q8_qparams_range(qpr(Q8_I8, 0.1f, -64, -64, 63), &lo, &hi));
+    ck_assert(lo == -64 && hi == 63);
+    ck_assert_int_eq(q8_qparams_range(qpr(Q8_U8, 0.1f, 3, -1, 127), &lo, &hi), Q8_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(q8_last_error(), "clamp range [-1, 127] is not an interval "
+                                                  "inside the u8 range [0, 255]"));
+    ck_assert_int_eq(q8_qparams_range(qpr(Q8_I8, 0.1f, 0, -10, 128), &lo, &hi), Q8_ERR_ARG);
+    ck_assert_int_eq(q8_qparams_range(qpr(Q8_U8, 0.1f, 45, 50, 40), &lo, &hi), Q8_ERR_ARG);
+    ck_assert_int_eq(q8_qparams_range(qpr(Q8_U8, 0.1f, 130, 0, 127), &lo, &hi), Q8_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(q8_last_error(), "zero point 130 is outside the clamp range "
+                                                  "[0, 127]"));
+    ck_assert_int_eq(q8_qparams_range(qp(Q8_F32, 0.1f, 0), &lo, &hi), Q8_ERR_ARG);
+}
+END_TEST
+
+START_TEST(fused_activation_bounds_are_intersected_with_the_clamp_range)
+{
+    int32_t lo = 0, hi = 0;
+    q8_act_bounds(Q8_ACT_NONE, qpr(Q8_U8, 0.1f, 20, 5, 127), &lo, &hi);
+    ck_assert(lo == 5 && hi == 127);
+    q8_act_bounds(Q8_ACT_RELU, qpr(Q8_U8, 0.1f, 20, 5, 127), &lo, &hi);
+    ck_assert(lo == 20 && hi == 127);
+    q8_act_bounds(Q8_ACT_RELU6, qpr(Q8_U8, 0.1f, 20, 5, 127), &lo, &hi);
+    ck_assert(lo == 20 && hi == 80); /* quantize(6) = 80 inside the range */
+    q8_act_bounds(Q8_ACT_RELU6, qpr(Q8_U8, 0.01f, 20, 0, 127), &lo, &hi);
+    ck_assert(lo == 20 && hi == 127); /* quantize(6) = 255 (saturated): the range wins */
+    q8_act_bounds(Q8_ACT_RELU, qpr(Q8_I8, 0.1f, -64, -64, 63), &lo, &hi);
+    ck_assert(lo == -64 && hi == 63);
+}
+END_TEST
+
+START_TEST(quantize_clamps_where_fake_quant_clamped)
+{
+    int64_t shape[2] = {-1, 8};
+    const q8_qparams q1 = qpr(Q8_U8, 0.5f, 10, 0, 127), q2 = qpr(Q8_I8, 0.25f, -3, -64, 63);
+    q8_builder *b = q8_builder_new();
+    int32_t x = q8_builder_input(b, "x", Q8_F32, 2, shape);
+    int32_t y1 = q8_builder_quantize(b, "q", x, q1);
+    int32_t y2 = q8_builder_quantize(b, "qi", x, q2);
+    q8_builder_output(b, y1);
+    q8_builder_output(b, y2);
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_msg(m != NULL, "%s", q8_last_error());
+    float in[16] = {0.25f, 0.75f, 58.25f, 58.75f, 1000, -1000, INFINITY, NAN,
+                    -5.0f, -4.75f, 15.75f, 16.0f, -16.0f, -16.25f, -0.0f, 2.6f};
+    const void *ins[1] = {in};
+    CK_Q8(q8_model_run_values(m, ins, 2));
+    q8_value_info v1, v2;
+    CK_Q8(q8_model_value(m, y1, &v1));
+    CK_Q8(q8_model_value(m, y2, &v2));
+    for (int i = 0; i < 16; i++) {
+        float r1 = nearbyintf(in[i] * 2.0f), r2 = nearbyintf(in[i] * 4.0f);
+        int32_t e1 = isnan(r1) ? 10 : (int32_t)fmaxf(0.0f, fminf(127.0f, 10.0f + r1));
+        int32_t e2 = isnan(r2) ? -3 : (int32_t)fmaxf(-64.0f, fminf(63.0f, -3.0f + r2));
+        ck_assert_int_eq(qv(v1.data, i, Q8_U8), e1);
+        ck_assert_int_eq(qv(v2.data, i, Q8_I8), e2);
+    }
+    /* 58.25 * 2 = 116.5 -> 116 + 10 = 126; 58.75 -> 117.5 -> 118 + 10 = 128 -> 127 */
+    ck_assert_int_eq(((const uint8_t *)v1.data)[2], 126);
+    ck_assert_int_eq(((const uint8_t *)v1.data)[3], 127);
+    q8_model_free(m);
+}
+END_TEST
+
+START_TEST(conv2d_and_linear_clamp_to_the_restricted_range)
+{
+    /* n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, groups, in, out, per_channel, act;
+     * outputs spread ~100 steps around zp 128 (u8) / 0 (i8) */
+    const layer_case conv_u8 = {2, 3, 7, 5, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1,
+                                Q8_U8, Q8_U8, true, Q8_ACT_NONE};
+    const layer_case conv_i8 = {1, 4, 6, 7, 8, 3, 3, 2, 1, 1, 1, 1, 1, 4,
+                                Q8_I8, Q8_I8, true, Q8_ACT_RELU6}; /* depthwise, direct */
+    const layer_case fc_u8 = {5, 32, 0, 0, 9, 1, 1, 1, 1, 0, 0, 1, 1, 1,
+                              Q8_U8, Q8_U8, false, Q8_ACT_RELU};
+    const layer_case fc_i8 = {3, 33, 0, 0, 4, 1, 1, 1, 1, 0, 0, 1, 1, 1,
+                              Q8_U8, Q8_I8, true, Q8_ACT_NONE};
+    check_layer_range(&conv_u8, 300, 60, 200);
+    check_layer_range(&conv_i8, 301, -40, 20);
+    check_layer_range(&fc_u8, 302, 0, 150);
+    check_layer_range(&fc_i8, 303, -30, 40);
+}
+END_TEST
+
+START_TEST(add_and_mul_clamp_to_the_restricted_range)
+{
+    check_binary("add", qp(Q8_U8, 0.05f, 120), qp(Q8_U8, 0.02f, 30),
+                 qpr(Q8_U8, 0.07f, 100, 60, 127), Q8_ACT_NONE, 11);
+    check_binary("add", qp(Q8_I8, 0.01f, -5), qp(Q8_U8, 0.03f, 128),
+                 qpr(Q8_I8, 0.04f, 3, -20, 30), Q8_ACT_RELU, 12);
+    check_binary("mul", qp(Q8_U8, 0.05f, 120), qp(Q8_U8, 0.02f, 30),
+                 qpr(Q8_U8, 0.01f, 100, 70, 130), Q8_ACT_NONE, 13);
+}
+END_TEST
+
+START_TEST(cat_clamps_copied_and_requantized_inputs_to_the_range)
+{
+    int64_t s1[4] = {-1, 2, 3, 2}, s2[4] = {-1, 1, 3, 2};
+    q8_builder *b = q8_builder_new();
+    int32_t a = q8_builder_input_quantized(b, "a", qp(Q8_U8, 0.1f, 10), 4, s1);
+    int32_t c = q8_builder_input_quantized(b, "c", qp(Q8_I8, 0.05f, -4), 4, s2);
+    int32_t xs[2] = {a, c};
+    /* a's qparams, but a narrower range: a's part is clamped, not copied */
+    q8_builder_output(b, q8_builder_cat(b, "cat", xs, 2, qpr(Q8_U8, 0.1f, 10, 5, 100)));
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_msg(m != NULL, "%s", q8_last_error());
+    rng r = {16};
+    uint8_t x1[2 * 12], x2[2 * 6];
+    fill_bytes(&r, x1, 24);
+    fill_bytes(&r, x2, 12);
+    const void *ins[2] = {x1, x2};
+    CK_Q8(q8_model_run_values(m, ins, 2));
+    q8_value_info v;
+    CK_Q8(q8_model_value(m, q8_model_output_id(m, 0), &v));
+    const uint8_t *y = v.data;
+    int clamped = 0;
+    for (int bt = 0; bt < 2; bt++) {
+        for (int i = 0; i < 12; i++) {
+            int32_t q = x1[bt * 12 + i];
+            ck_assert_int_eq(y[bt * 18 + i], q < 5 ? 5 : q > 100 ? 100 : q);
+            clamped += q < 5 || q > 100;
+        }
+        for (int i = 0; i < 6; i++) {
+            int32_t q = (int8_t)x2[bt * 6 + i];
+            int32_t want = (int32_t)fmin(100, fmax(5, nearbyint((q + 4) / 2.0 + 10)));
+            ck_assert_int_eq(y[bt * 18 + 12 + i], want);
+        }
+    }
+    ck_assert_int_gt(clamped, 0);
+    q8_model_free(m);
+}
+END_TEST
+
+START_TEST(average_pools_clamp_to_the_restricted_range)
+{
+    rng r = {17};
+    const int64_t n = 2, c = 2, h = 7, w = 6;
+    /* avg_pool2d 2x2 stride 2, u8 input (0.1, 7) -> (0.4, 20) in [15, 40]: the ratio 1/4
+     * is dyadic, y = (mean - 7) / 4 + 20 */
+    q8_pool2d_desc d = {{2, 2}, {2, 2}, {0, 0}, {0, 0}, false, true, 0};
+    q8_qparams out = qpr(Q8_U8, 0.4f, 20, 15, 40);
+    q8_model *m = pool_model("avg", Q8_U8, c, h, w, &d, &out, 0, 0);
+    uint8_t x[2 * 2 * 7 * 6];
+    fill_bytes(&r, x, n * c * h * w);
+    q8_value_info v;
+    const uint8_t *y = run1(m, x, n, &v);
+    int clamped = 0;
+    for (int64_t p = 0; p < n * c; p++)
+        for (int64_t oh = 0; oh < 3; oh++)
+            for (int64_t ow = 0; ow < 3; ow++) {
+                int64_t acc = 0;
+                for (int64_t i = 0; i < 2; i++)
+                    for (int64_t j = 0; j < 2; j++)
+                        acc += x[(p * h + 2 * oh + i) * w + 2 * ow + j] - 7;
+                int32_t full = pool_ref(acc, 0.25, 4, 20, Q8_U8);
+                int32_t want = full < 15 ? 15 : full > 40 ? 40 : full;
+                clamped += want != full;
+                ck_assert_int_eq(y[(p * 3 + oh) * 3 + ow], want);
+            }
+    q8_model_free(m);
+    /* adaptive to 2x2, i8 input (0.1, -7) -> (0.4, -20) in [-25, 0] */
+    q8_qparams aout = qpr(Q8_I8, 0.4f, -20, -25, 0);
+    m = pool_model("adaptive", Q8_I8, c, h, w, NULL, &aout, 2, 2);
+    y = run1(m, x, n, &v);
+    for (int64_t p = 0; p < n * c; p++)
+        for (int64_t oh = 0; oh < 2; oh++)
+            for (int64_t ow = 0; ow < 2; ow++) {
+                int64_t hs = oh * h / 2, he = ((oh + 1) * h + 1) / 2;
+                int64_t ws = ow * w / 2, we = ((ow + 1) * w + 1) / 2, acc = 0;
+                for (int64_t ih = hs; ih < he; ih++)
+                    for (int64_t iw = ws; iw < we; iw++)
+                        acc += qv(x, (p * h + ih) * w + iw, Q8_I8) + 7;
+                int32_t full = pool_ref(acc, 0.25, (he - hs) * (we - ws), -20, Q8_I8);
+                int32_t want = full < -25 ? -25 : full > 0 ? 0 : full;
+                clamped += want != full;
+                ck_assert_int_eq(qv(y, (p * 2 + oh) * 2 + ow, Q8_I8), want);
+            }
+    ck_assert_int_gt(clamped, 0);
+    q8_model_free(m);
+}
+END_TEST
+
+START_TEST(hardswish_table_entries_stay_inside_the_range)
+{
+    const q8_qparams in = qp(Q8_U8, 0.05f, 100), out = qpr(Q8_U8, 0.03f, 20, 10, 120);
+    int64_t shape[2] = {-1, 256};
+    q8_builder *b = q8_builder_new();
+    int32_t x = q8_builder_input_quantized(b, "x", in, 2, shape);
+    q8_builder_output(b, q8_builder_hardswish(b, "hs", x, out));
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_msg(m != NULL, "%s", q8_last_error());
+    uint8_t bytes[256];
+    for (int i = 0; i < 256; i++)
+        bytes[i] = (uint8_t)i;
+    q8_value_info v;
+    const uint8_t *y = run1(m, bytes, 1, &v);
+    int at_top = 0;
+    for (int i = 0; i < 256; i++) {
+        float xr = 0.05f * (float)(i - 100);
+        float hs = xr * fminf(fmaxf(xr + 3.0f, 0.0f), 6.0f) / 6.0f;
+        int32_t full = q8_quantize_value(hs, 0.03f, 20, Q8_U8);
+        ck_assert_int_eq(y[i], full < 10 ? 10 : full > 120 ? 120 : full);
+        at_top += full > 120;
+    }
+    ck_assert_int_gt(at_top, 0);
+    q8_model_free(m);
+}
+END_TEST
+
+/* A one-node requantize model on all 256 bytes: checks the exact single rounding, the
+ * real rescale (within half a step, ties to even) and the bounds. Returns the largest
+ * output. */
+static int32_t check_requantize(q8_qparams in, q8_qparams out, q8_act act)
+{
+    int64_t shape[2] = {-1, 256};
+    q8_builder *b = q8_builder_new();
+    int32_t x = q8_builder_input_quantized(b, "x", in, 2, shape);
+    q8_builder_output(b, q8_builder_requantize(b, "rq", x, out, act));
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_msg(m != NULL, "%s", q8_last_error());
+    uint8_t bytes[256];
+    for (int i = 0; i < 256; i++)
+        bytes[i] = (uint8_t)i;
+    q8_value_info v;
+    const uint8_t *y = run1(m, bytes, 1, &v);
+    ck_assert_int_eq(v.dtype, out.dtype);
+    ck_assert_float_eq(v.scale, out.scale);
+    int32_t m0 = 0, sh = 0, lo = 0, hi = 0, top = INT32_MIN;
+    CK_Q8(q8_multiplier_from_real((double)in.scale / (double)out.scale, &m0, &sh));
+    q8_act_bounds(act, out, &lo, &hi);
+    for (int i = 0; i < 256; i++) {
+        int32_t q = qv(bytes, i, in.dtype);
+        int64_t r = exact_rq(q - in.zero_point, m0, sh);
+        double real = (double)in.scale * (q - in.zero_point) / (double)out.scale;
+        ck_assert_msg(fabs((double)r - real) <= 0.5 + 1e-6, "q %d: %" PRId64 " vs %.9f", q, r,
+                      real);
+        int64_t want = out.zero_point + r;
+        want = want < lo ? lo : want > hi ? hi : want;
+        ck_assert_int_eq(qv(y, i, out.dtype), want);
+        top = qv(y, i, out.dtype) > top ? qv(y, i, out.dtype) : top;
+    }
+    q8_model_free(m);
+    return top;
+}
+
+START_TEST(requantize_rescales_once_and_fuses_relu6_inside_the_range)
+{
+    check_requantize(qp(Q8_U8, 0.05f, 100), qp(Q8_U8, 0.07f, 30), Q8_ACT_NONE);
+    check_requantize(qp(Q8_U8, 0.1f, 128), qpr(Q8_I8, 0.05f, -10, -64, 63), Q8_ACT_RELU);
+    check_requantize(qp(Q8_I8, 0.02f, -5), qpr(Q8_U8, 0.03f, 10, 0, 127), Q8_ACT_RELU6);
+    /* relu6's bound is quantize(6.0) in the output qparams: 3 + 6 / 0.04 = 153 */
+    ck_assert_int_eq(check_requantize(qp(Q8_U8, 0.05f, 0), qp(Q8_U8, 0.04f, 3), Q8_ACT_RELU6),
+                     153);
+    /* equal qparams: the identity */
+    ck_assert_int_eq(check_requantize(qp(Q8_U8, 0.1f, 0), qp(Q8_U8, 0.1f, 0), Q8_ACT_NONE), 255);
+    /* ratio 1/2: (q - 5) / 2 has exact halves, which go to even: q = 8 -> 1.5 -> 2 */
+    check_requantize(qp(Q8_U8, 0.1f, 5), qp(Q8_U8, 0.2f, 0), Q8_ACT_NONE);
+    ck_assert_int_eq(exact_rq(3, 1 << 30, 31), 2);
+}
+END_TEST
+
+START_TEST(builder_refuses_a_range_outside_the_dtype_or_without_the_zero_point)
+{
+    int64_t shape[4] = {-1, 1, 4, 4};
+    int8_t w[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+    float sw[1] = {0.01f};
+    q8_conv2d_desc cd = {1, {3, 3}, {1, 1}, {1, 1}, {1, 1}, 1};
+    q8_weights wt = {w, sw, 1, NULL};
+    q8_builder *b = q8_builder_new();
+    int32_t x = q8_builder_input_quantized(b, "x", qp(Q8_U8, 0.1f, 0), 4, shape);
+    ck_assert_int_eq(q8_builder_conv2d(b, "conv", x, &cd, &wt, qpr(Q8_U8, 0.1f, 0, 10, 100),
+                                       Q8_ACT_RELU), -1);
+    CK_FAILS_WITH(q8_builder_finish(b), Q8_ERR_ARG,
+                  "node 0 (conv2d 'conv'): zero point 0 is outside the clamp range [10, 100]");
+    b = q8_builder_new();
+    x = q8_builder_input(b, "x", Q8_F32, 4, shape);
+    ck_assert_int_eq(q8_builder_quantize(b, "q", x, qpr(Q8_I8, 0.1f, 0, -129, 10)), -1);
+    CK_FAILS_WITH(q8_builder_finish(b), Q8_ERR_ARG,
+                  "node 0 (quantize 'q'): clamp range [-129, 10] is not an interval inside the "
+                  "i8 range");
+    b = q8_builder_new();
+    x = q8_builder_input_quantized(b, "x", qp(Q8_U8, 0.1f, 0), 4, shape);
+    ck_assert_int_eq(q8_builder_hardswish(b, "hs", x, qpr(Q8_U8, 0.1f, 0, 0, 300)), -1);
+    CK_FAILS_WITH(q8_builder_finish(b), Q8_ERR_ARG, "node 0 (hardswish 'hs'): clamp range");
+    b = q8_builder_new();
+    x = q8_builder_input_quantized(b, "x", qp(Q8_U8, 0.1f, 0), 4, shape);
+    ck_assert_int_eq(q8_builder_requantize(b, "rq", x, qpr(Q8_U8, 0.1f, 50, 60, 40),
+                                           Q8_ACT_NONE), -1);
+    CK_FAILS_WITH(q8_builder_finish(b), Q8_ERR_ARG, "node 0 (requantize 'rq'): clamp range");
+    b = q8_builder_new();
+    int64_t fshape[2] = {-1, 3};
+    x = q8_builder_input(b, "x", Q8_F32, 2, fshape);
+    ck_assert_int_eq(q8_builder_requantize(b, "rq", x, qp(Q8_U8, 0.1f, 0), Q8_ACT_NONE), -1);
+    CK_FAILS_WITH(q8_builder_finish(b), Q8_ERR_FORMAT,
+                  "node 0 (requantize 'rq'): input (value 0) is f32, requantize needs u8 or i8");
+}
+END_TEST
+
+static bool node_has_attr(const char *path, const char *node, const char *attr)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    ck_assert_int_ge(f, 0);
+    hid_t g = H5Gopen2(f, node, H5P_DEFAULT);
+    ck_assert_int_ge(g, 0);
+    bool has = H5Aexists(g, attr) > 0;
+    H5Gclose(g), H5Fclose(f);
+    return has;
+}
+
+START_TEST(full_range_clamps_are_left_out_of_files_and_restricted_ones_round_trip)
+{
+    char *dir = make_tmpdir(), path[128];
+    snprintf(path, sizeof path, "%s/ranges.h5", dir);
+    int64_t shape[4] = {-1, 2, 3, 4};
+    q8_pool2d_desc pd = {{2, 2}, {1, 1}, {0, 0}, {0, 0}, false, true, 0};
+    q8_builder *b = q8_builder_new();
+    int32_t x = q8_builder_input(b, "x", Q8_F32, 4, shape);
+    int32_t q = q8_builder_quantize(b, "full", x, qp(Q8_U8, 0.05f, 3));
+    int32_t r = q8_builder_quantize(b, "narrow", x, qpr(Q8_U8, 0.05f, 3, 0, 127));
+    int32_t xs[2] = {q, r};
+    int32_t c = q8_builder_cat(b, "cat", xs, 2, qpr(Q8_U8, 0.1f, 3, 2, 90));
+    int32_t a = q8_builder_avg_pool2d(b, "avg", c, &pd, NULL);
+    int32_t rq = q8_builder_requantize(b, "rq", a, qpr(Q8_I8, 0.08f, -100, -120, 7),
+                                       Q8_ACT_RELU6);
+    q8_builder_output(b, q8_builder_dequantize(b, "dq", rq));
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_msg(m != NULL, "%s", q8_last_error());
+    CK_Q8(q8_model_save(m, path));
+    /* files without restricted ranges stay what readers of the first version-1 files read */
+    ck_assert(!node_has_attr(path, "nodes/0", "clamp_min"));
+    ck_assert(!node_has_attr(path, "nodes/0", "clamp_max"));
+    ck_assert(!node_has_attr(path, "nodes/3", "clamp_min")); /* avg keeps the input's */
+    ck_assert(node_has_attr(path, "nodes/1", "clamp_max"));
+    ck_assert(node_has_attr(path, "nodes/2", "clamp_min"));
+    ck_assert(node_has_attr(path, "nodes/4", "clamp_min")); /* requantize: always */
+    q8_model *l = q8_model_load(path);
+    ck_assert_msg(l != NULL, "%s", q8_last_error());
+    for (int32_t k = 0; k < m->n_nodes; k++)
+        ck_assert_int_eq(memcmp(m->nodes[k].attr, l->nodes[k].attr, sizeof m->nodes[k].attr), 0);
+    ck_assert_int_eq(l->nodes[0].attr[1], 255); /* the default: the dtype's range */
+    ck_assert_int_eq(l->nodes[1].attr[1], 127);
+    rng rg = {18};
+    float in[3 * 24];
+    for (int i = 0; i < 3 * 24; i++)
+        in[i] = rng_float(&rg, -2.0f, 12.0f);
+    const void *ins[1] = {in};
+    CK_Q8(q8_model_run_values(m, ins, 3));
+    CK_Q8(q8_model_run_values(l, ins, 3));
+    for (int32_t id = 0; id < m->n_values; id++) {
+        q8_value_info va, vb;
+        CK_Q8(q8_model_value(m, id, &va));
+        CK_Q8(q8_model_value(l, id, &vb));
+        ck_assert_int_eq(memcmp(va.data, vb.data, (size_t)(3 * m->values[id].item_numel) *
+                                                      q8_dtype_size(va.dtype)), 0);
+    }
+    q8_value_info vn;
+    CK_Q8(q8_model_value(l, r, &vn));
+    for (int i = 0; i < 3 * 24; i++)
+        ck_assert_int_le(((const uint8_t *)vn.data)[i], 127);
+    q8_model_free(m);
+    q8_model_free(l);
+    unlink(path);
+    rmdir(dir);
+}
+END_TEST
+
+/* ---------------------------------------------------------------------------------
+ * float ops (partly-float graphs: dynamic quantization keeps convolutions float)
+ * ------------------------------------------------------------------------------- */
+
+static void fill_floats(rng *r, float *p, int64_t n, float lo, float hi)
+{
+    for (int64_t i = 0; i < n; i++)
+        p[i] = rng_float(r, lo, hi);
+}
+
+static double act_double(double v, q8_act act)
+{
+    if (act != Q8_ACT_NONE)
+        v = v < 0 ? 0 : v;
+    if (act == Q8_ACT_RELU6)
+        v = v > 6 ? 6 : v;
+    return v;
+}
+
+/* Float32 results against a double reference whose error bound is relative to the sum
+ * of the magnitudes of the terms (any summation order is within 1e-5 of it). */
+static void ck_close(float got, double want, double magnitude, const char *what, int64_t i)
+{
+    ck_assert_msg(fabs((double)got - want) <= 1e-5 * magnitude + 1e-30,
+                  "%s element %" PRId64 ": %.9g vs reference %.9g (magnitude %g)", what, i,
+                  (double)got, want, magnitude);
+}
+
+typedef struct fconv_case {
+    int64_t n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, groups;
+    q8_act act;
+    bool bias;
+} fconv_case;
+
+/* One conv2d_f32 node on random data, run with both GEMM kernels against naive double
+ * loops. */
+static void check_conv_f32(const fconv_case *fc, uint64_t seed)
+{
+    rng r = {seed};
+    int64_t cg = fc->c / fc->groups, og = fc->o / fc->groups, k = cg * fc->kh * fc->kw;
+    int64_t oh_n = q8_window_out_size(fc->h, fc->kh, fc->sh, fc->ph, fc->dh, false);
+    int64_t ow_n = q8_window_out_size(fc->w, fc->kw, fc->sw, fc->pw, fc->dw, false);
+    float *x = malloc((size_t)(fc->n * fc->c * fc->h * fc->w) * sizeof *x);
+    float *w = malloc((size_t)(fc->o * k) * sizeof *w);
+    float *bias = malloc((size_t)fc->o * sizeof *bias);
+    fill_floats(&r, x, fc->n * fc->c * fc->h * fc->w, -2.0f, 2.0f);
+    fill_floats(&r, w, fc->o * k, -0.5f, 0.5f);
+    fill_floats(&r, bias, fc->o, -1.0f, 1.0f);
+    q8_builder *b = q8_builder_new();
+    int64_t xs[4] = {-1, fc->c, fc->h, fc->w};
+    int32_t xi = q8_builder_input(b, "x", Q8_F32, 4, xs);
+    q8_conv2d_desc cd = {fc->o, {fc->kh, fc->kw}, {fc->sh, fc->sw}, {fc->ph, fc->pw},
+                         {fc->dh, fc->dw}, fc->groups};
+    q8_builder_output(b, q8_builder_conv2d_f32(b, "conv", xi, &cd, w, fc->bias ? bias : NULL,
+                                               fc->act));
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_msg(m != NULL, "%s", q8_last_error());
+    for (int kernel = 0; kernel < 2; kernel++) {
+        if (kernel == 1 && !q8_sgemm_avx2_available())
+            break;
+        m->kernel = kernel ? Q8_GEMM_AVX2 : Q8_GEMM_REFERENCE;
+        q8_value_info v;
+        const float *y = run1(m, x, fc->n, &v);
+        ck_assert_int_eq(v.shape[2], oh_n);
+        ck_assert_int_eq(v.shape[3], ow_n);
+        for (int64_t bt = 0; bt < fc->n; bt++)
+            for (int64_t o = 0; o < fc->o; o++)
+                for (int64_t oh = 0; oh < oh_n; oh++)
+                    for (int64_t ow = 0; ow < ow_n; ow++) {
+                        double sum = fc->bias ? bias[o] : 0.0, mag = fabs(sum);
+                        for (int64_t c = 0; c < cg; c++)
+                            for (int64_t i = 0; i < fc->kh; i++)
+                                for (int64_t j = 0; j < fc->kw; j++) {
+                                    int64_t ih = oh * fc->sh - fc->ph + i * fc->dh;
+                                    int64_t iw = ow * fc->sw - fc->pw + j * fc->dw;
+                                    if (ih < 0 || ih >= fc->h || iw < 0 || iw >= fc->w)
+                                        continue;
+                                    int64_t ch = o / og * cg + c;
+                                    double t = (double)x[((bt * fc->c + ch) * fc->h + ih) * fc->w +
+                                                         iw] *
+                                               w[o * k + (c * fc->kh + i) * fc->kw + j];
+                                    sum += t;
+                                    mag += fabs(t);
+                                }
+                        int64_t yi = ((bt * fc->o + o) * oh_n + oh) * ow_n + ow;
+                        ck_close(y[yi], act_double(sum, fc->act), mag, "conv2d_f32", yi);
+                    }
+    }
+    free(x), free(w), free(bias);
+    q8_model_free(m);
+}
+
+START_TEST(conv2d_f32_matches_a_double_reference_on_odd_shapes)
+{
+    /* n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, groups, act, bias */
+    const fconv_case cases[] = {
+        {1, 3, 7, 5, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, Q8_ACT_RELU, true},
+        {3, 4, 9, 6, 6, 3, 2, 2, 2, 1, 0, 1, 1, 2, Q8_ACT_NONE, false}, /* groups, stride 2 */
+        {2, 3, 8, 8, 5, 3, 3, 1, 1, 2, 2, 2, 2, 1, Q8_ACT_RELU6, true},  /* dilation */
+        {2, 4, 6, 7, 8, 3, 3, 2, 1, 1, 1, 1, 1, 4, Q8_ACT_NONE, true},   /* depthwise x2 */
+        {1, 5, 5, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1, 5, Q8_ACT_RELU, false},  /* depthwise */
+        {3, 1, 6, 9, 3, 2, 3, 1, 2, 0, 1, 1, 1, 1, Q8_ACT_NONE, true},   /* C = 1 */
+        {1, 40, 20, 17, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1, Q8_ACT_RELU, true}, /* K 360: 2 chunks */
+        {2, 16, 14, 14, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, Q8_ACT_RELU, true}, /* refcnn conv2 */
+        {1, 6, 5, 4, 4, 1, 1, 1, 1, 0, 0, 1, 1, 2, Q8_ACT_RELU6, true},    /* 1x1, groups */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        check_conv_f32(&cases[i], 400 + i);
+}
+END_TEST
+
+START_TEST(conv2d_f32_gives_hand_computed_values)
+{
+    /* x = 1..9 in a 3x3 image. Weight [[1, 0], [0, -1]] + 0.5: x[i][j] - x[i+1][j+1] + 0.5
+     * = -3.5 everywhere. All-ones 2x2, pad 1, stride 2, bias 0.5, relu6: the corners
+     * 1 + 0.5, 2 + 3 + 0.5, 4 + 7 + 0.5 -> 6, 5 + 6 + 8 + 9 + 0.5 -> 6. */
+    int64_t shape[4] = {-1, 1, 3, 3};
+    const float diag[4] = {1, 0, 0, -1}, ones[4] = {1, 1, 1, 1}, half[1] = {0.5f};
+    q8_conv2d_desc d1 = {1, {2, 2}, {1, 1}, {0, 0}, {1, 1}, 1};
+    q8_conv2d_desc d2 = {1, {2, 2}, {2, 2}, {1, 1}, {1, 1}, 1};
+    q8_builder *b = q8_builder_new();
+    int32_t x = q8_builder_input(b, "x", Q8_F32, 4, shape);
+    int32_t y1 = q8_builder_conv2d_f32(b, "diag", x, &d1, diag, half, Q8_ACT_NONE);
+    int32_t y2 = q8_builder_conv2d_f32(b, "ones", x, &d2, ones, half, Q8_ACT_RELU6);
+    q8_builder_output(b, y1);
+    q8_builder_output(b, y2);
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_msg(m != NULL, "%s", q8_last_error());
+    const float in[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+    const void *ins[1] = {in};
+    CK_Q8(q8_model_run_values(m, ins, 1));
+    q8_value_info v1, v2;
+    CK_Q8(q8_model_value(m, y1, &v1));
+    CK_Q8(q8_model_value(m, y2, &v2));
+    const float *a = v1.data, *c = v2.data;
+    for (int i = 0; i < 4; i++)
+        ck_assert_float_eq(a[i], -3.5f);
+    ck_assert_float_eq(c[0], 1.5f);
+    ck_assert_float_eq(c[1], 5.5f);
+    ck_assert_float_eq(c[2], 6.0f);
+    ck_assert_float_eq(c[3], 6.0f);
+    q8_model_free(m);
+}
+END_TEST
+
+START_TEST(sgemm_kernels_match_a_double_product_on_edge_tiles)
+{
+    const int64_t shapes[][3] = {{1, 1, 1}, {5, 17, 3}, {6, 16, 10}, {13, 35, 70}, {7, 3, 200}};
+    rng r = {19};
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        int64_t m = shapes[t][0], n = shapes[t][1], k = shapes[t][2], ldc = n + 3;
+        float *a = malloc((size_t)(m * k) * sizeof *a), *bt = malloc((size_t)(n * k) * sizeof *bt);
+        float *ap = q8_alloc((size_t)(q8_sgemm_panels(m, Q8_SGEMM_MR) * Q8_SGEMM_MR * k) * 4);
+        float *bp = q8_alloc((size_t)(q8_sgemm_panels(n, Q8_SGEMM_NR) * Q8_SGEMM_NR * k) * 4);
+        float *c = malloc((size_t)(m * ldc) * sizeof *c), br[13], bc[35];
+        fill_floats(&r, a, m * k, -1.0f, 1.0f);
+        fill_floats(&r, bt, n * k, -1.0f, 1.0f);
+        fill_floats(&r, br, m, -1.0f, 1.0f);
+        fill_floats(&r, bc, n, -1.0f, 1.0f);
+        q8_sgemm_pack_a(m, k, a, k, ap);
+        q8_sgemm_pack_bt(n, k, bt, k, bp);
+        for (int variant = 0; variant < 6; variant++) {
+            int kernel = variant & 1;
+            if (kernel && !q8_sgemm_avx2_available())
+                continue;
+            const float *bias_row = variant / 2 == 1 ? br : NULL;
+            const float *bias_col = variant / 2 == 2 ? bc : NULL;
+            q8_act act = (q8_act)(variant / 2);
+            for (int64_t i = 0; i < m * ldc; i++)
+                c[i] = 1234.5f; /* sentinel: the gaps between rows stay untouched */
+            q8_sgemm(kernel ? Q8_GEMM_AVX2 : Q8_GEMM_REFERENCE, m, n, k, ap, bp, c, ldc, bias_row,
+                     bias_col, act);
+            for (int64_t i = 0; i < m; i++) {
+                for (int64_t j = 0; j < n; j++) {
+                    double sum = 0, mag = 0;
+                    for (int64_t kk = 0; kk < k; kk++) {
+                        sum += (double)a[i * k + kk] * bt[j * k + kk];
+                        mag += fabs((double)a[i * k + kk] * bt[j * k + kk]);
+                    }
+                    sum += (bias_row ? bias_row[i] : 0.0) + (bias_col ? bias_col[j] : 0.0);
+                    ck_close(c[i * ldc + j], act_double(sum, act), mag + 2, "sgemm", i * n + j);
+                }
+                for (int64_t j = n; j < ldc; j++)
+                    ck_assert_float_eq(c[i * ldc + j], 1234.5f);
+            }
+        }
+        free(a), free(bt), free(c);
+        q8_free(ap), q8_free(bp);
+    }
+}
+END_TEST
+
+START_TEST(linear_f32_matches_a_double_reference_over_chunks)
+{
+    const struct {
+        int64_t n, k, o;
+        q8_act act;
+        bool bias;
+    } cases[] = {{1, 10, 7, Q8_ACT_NONE, true}, {7, 33, 17, Q8_ACT_RELU6, false},
+                 {300, 20, 3, Q8_ACT_RELU, true}};
+    rng r = {20};
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        int64_t n = cases[t].n, k = cases[t].k, o = cases[t].o;
+        float *x = malloc((size_t)(n * k) * sizeof *x), *w = malloc((size_t)(o * k) * sizeof *w);
+        float bias[17];
+        fill_floats(&r, x, n * k, -2.0f, 2.0f);
+        fill_floats(&r, w, o * k, -0.5f, 0.5f);
+        fill_floats(&r, bias, o, -1.0f, 1.0f);
+        q8_builder *b = q8_builder_new();
+        int64_t xs[2] = {-1, k};
+        int32_t xi = q8_builder_input(b, "x", Q8_F32, 2, xs);
+        q8_builder_output(b, q8_builder_linear_f32(b, "fc", xi, o, w,
+                                                   cases[t].bias ? bias : NULL, cases[t].act));
+        q8_model *m = q8_builder_finish(b);
+        ck_assert_msg(m != NULL, "%s", q8_last_error());
+        for (int kernel = 0; kernel < 2; kernel++) {
+            if (kernel == 1 && !q8_sgemm_avx2_available())
+                break;
+            m->kernel = kernel ? Q8_GEMM_AVX2 : Q8_GEMM_REFERENCE;
+            q8_value_info v;
+            const float *y = run1(m, x, n, &v);
+            for (int64_t i = 0; i < n; i++)
+                for (int64_t j = 0; j < o; j++) {
+                    double sum = cases[t].bias ? bias[j] : 0.0, mag = fabs(sum);
+                    for (int64_t kk = 0; kk < k; kk++) {
+                        sum += (double)x[i * k + kk] * w[j * k + kk];
+                        mag += fabs((double)x[i * k + kk] * w[j * k + kk]);
+                    }
+                    ck_close(y[i * o + j], act_double(sum, cases[t].act), mag, "linear_f32",
+                             i * o + j);
+                }
+        }
+        free(x), free(w);
+        q8_model_free(m);
+    }
+}
+END_TEST
+
+/* Bitwise equality of floats, NaN equal to NaN (and -0.0 distinct from 0.0). */
+static void ck_same_float(float got, float want, const char *what, int64_t i)
+{
+    uint32_t a, c;
+    memcpy(&a, &got, 4);
+    memcpy(&c, &want, 4);
+    ck_assert_msg(a == c || (isnan(got) && isnan(want)), "%s element %" PRId64 ": %.9g vs %.9g",
+                  what, i, (double)got, (double)want);
+}
+
+static float relu_f(float v) { return v < 0.0f ? 0.0f : v; }
+
+START_TEST(add_f32_and_mul_f32_are_elementwise_with_fused_activation)
+{
+    int64_t shape[3] = {-1, 5, 7}, other[3] = {-1, 7, 5};
+    q8_builder *b = q8_builder_new();
+    int32_t a = q8_builder_input(b, "a", Q8_F32, 3, shape);
+    int32_t c = q8_builder_input(b, "b", Q8_F32, 3, shape);
+    int32_t s = q8_builder_add_f32(b, "sum", a, c, Q8_ACT_RELU);
+    int32_t p = q8_builder_mul_f32(b, "prod", a, c, Q8_ACT_NONE);
+    int32_t p6 = q8_builder_mul_f32(b, "prod6", a, c, Q8_ACT_RELU6);
+    q8_builder_output(b, s);
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_msg(m != NULL, "%s", q8_last_error());
+    rng r = {21};
+    float x[2 * 35], y[2 * 35];
+    fill_floats(&r, x, 70, -4.0f, 4.0f);
+    fill_floats(&r, y, 70, -4.0f, 4.0f);
+    x[0] = NAN, x[1] = -0.0f, y[1] = -0.0f, x[2] = INFINITY, y[2] = -INFINITY;
+    const void *ins[2] = {x, y};
+    CK_Q8(q8_model_run_values(m, ins, 2));
+    q8_value_info vs, vp, v6;
+    CK_Q8(q8_model_value(m, s, &vs));
+    CK_Q8(q8_model_value(m, p, &vp));
+    CK_Q8(q8_model_value(m, p6, &v6));
+    for (int64_t i = 0; i < 70; i++) {
+        float sum = x[i] + y[i], prod = x[i] * y[i];
+        ck_same_float(((const float *)vs.data)[i], relu_f(sum), "add_f32", i);
+        ck_same_float(((const float *)vp.data)[i], prod, "mul_f32", i);
+        ck_same_float(((const float *)v6.data)[i], prod > 6.0f ? 6.0f : relu_f(prod), "relu6", i);
+    }
+    ck_assert(isnan(((const float *)vs.data)[0]));       /* relu keeps NaN */
+    ck_assert(signbit(((const float *)vs.data)[1]));     /* -0 + -0 = -0, relu keeps it */
+    ck_assert(isnan(((const float *)vs.data)[2]));       /* inf - inf */
+    q8_model_free(m);
+    b = q8_builder_new();
+    a = q8_builder_input(b, "a", Q8_F32, 3, shape);
+    c = q8_builder_input(b, "b", Q8_F32, 3, other);
+    ck_assert_int_eq(q8_builder_add_f32(b, "sum", a, c, Q8_ACT_NONE), -1);
+    CK_FAILS_WITH(q8_builder_finish(b), Q8_ERR_SHAPE,
+                  "node 0 (add_f32 'sum'): inputs have shapes [N, 5, 7] and [N, 7, 5]");
+}
+END_TEST
+
+START_TEST(cat_f32_concatenates_along_channels)
+{
+    int64_t s1[3] = {-1, 2, 3}, s2[3] = {-1, 1, 3};
+    q8_builder *b = q8_builder_new();
+    int32_t xs[2] = {q8_builder_input(b, "a", Q8_F32, 3, s1),
+                     q8_builder_input(b, "b", Q8_F32, 3, s2)};
+    q8_builder_output(b, q8_builder_cat_f32(b, "cat", xs, 2));
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_msg(m != NULL, "%s", q8_last_error());
+    const float a[12] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, c[6] = {-1, -2, -3, -4, -5, -6};
+    const void *ins[2] = {a, c};
+    CK_Q8(q8_model_run_values(m, ins, 2));
+    q8_value_info v;
+    CK_Q8(q8_model_value(m, q8_model_output_id(m, 0), &v));
+    const float want[18] = {1, 2, 3, 4, 5, 6, -1, -2, -3, 7, 8, 9, 10, 11, 12, -4, -5, -6};
+    ck_assert_int_eq(v.shape[1], 3);
+    ck_assert_int_eq(memcmp(v.data, want, sizeof want), 0);
+    q8_model_free(m);
+}
+END_TEST
+
+/* A single float pooling node on an (N, C, H, W) input. */
+static q8_model *pool_f32_model(const char *op, int64_t c, int64_t h, int64_t w,
+                                const q8_pool2d_desc *d, int64_t oh, int64_t ow)
+{
+    int64_t shape[4] = {-1, c, h, w};
+    q8_builder *b = q8_builder_new();
+    int32_t x = q8_builder_input(b, "x", Q8_F32, 4, shape);
+    int32_t y = !strcmp(op, "max")   ? q8_builder_max_pool2d_f32(b, "pool", x, d)
+                : !strcmp(op, "avg") ? q8_builder_avg_pool2d_f32(b, "pool", x, d)
+                                     : q8_builder_adaptive_avg_pool2d_f32(b, "pool", x, oh, ow);
+    q8_builder_output(b, y);
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_msg(m != NULL, "%s", q8_last_error());
+    return m;
+}
+
+START_TEST(max_pool2d_f32_lets_nan_win_and_gives_minus_inf_to_empty_windows)
+{
+    const q8_pool2d_desc cases[] = {
+        {{2, 2}, {2, 2}, {0, 0}, {1, 1}, false, false, 0},
+        {{3, 3}, {2, 2}, {1, 1}, {1, 1}, true, false, 0},
+        {{3, 2}, {1, 2}, {1, 1}, {2, 1}, false, false, 0},
+        {{2, 3}, {3, 2}, {1, 0}, {1, 1}, true, false, 0},
+    };
+    rng r = {22};
+    const int64_t n = 2, c = 3, h = 7, w = 6;
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const q8_pool2d_desc *d = &cases[t];
+        q8_model *m = pool_f32_model("max", c, h, w, d, 0, 0);
+        float x[2 * 3 * 7 * 6];
+        fill_floats(&r, x, n * c * h * w, -5.0f, 5.0f);
+        x[17] = NAN;
+        q8_value_info v;
+        const float *y = run1(m, x, n, &v);
+        int64_t oh_n = v.shape[2], ow_n = v.shape[3];
+        int nan_out = 0;
+        for (int64_t p = 0; p < n * c; p++)
+            for (int64_t oh = 0; oh < oh_n; oh++)
+                for (int64_t ow = 0; ow < ow_n; ow++) {
+                    float best = -INFINITY;
+                    for (int64_t i = 0; i < d->kernel[0]; i++)
+                        for (int64_t j = 0; j < d->kernel[1]; j++) {
+                            int64_t ih = oh * d->stride[0] - d->padding[0] + i * d->dilation[0];
+                            int64_t iw = ow * d->stride[1] - d->padding[1] + j * d->dilation[1];
+                            if (ih < 0 || ih >= h || iw < 0 || iw >= w)
+                                continue;
+                            float e = x[(p * h + ih) * w + iw];
+                            best = e > best || isnan(e) ? e : best;
+                        }
+                    int64_t yi = (p * oh_n + oh) * ow_n + ow;
+                    ck_same_float(y[yi], best, "max_pool2d_f32", yi);
+                    nan_out += isnan(y[yi]);
+                }
+        ck_assert_int_gt(nan_out, 0);
+        q8_model_free(m);
+    }
+    /* H = 1, kernel 2 with dilation 2 and padding 1: the window reads rows -1 and 1 */
+    q8_pool2d_desc empty = {{2, 1}, {1, 1}, {1, 0}, {2, 1}, false, false, 0};
+    q8_model *m = pool_f32_model("max", 1, 1, 3, &empty, 0, 0);
+    const float x[3] = {1, 2, 3};
+    q8_value_info v;
+    const float *y = run1(m, x, 1, &v);
+    ck_assert_int_eq(v.shape[2], 1);
+    for (int i = 0; i < 3; i++)
+        ck_assert(isinf(y[i]) && y[i] < 0);
+    q8_model_free(m);
+}
+END_TEST
+
+START_TEST(avg_pool2d_f32_sums_row_by_row_then_divides_once)
+{
+    const q8_pool2d_desc cases[] = {
+        {{2, 2}, {2, 2}, {0, 0}, {0, 0}, false, true, 0},
+        {{3, 3}, {2, 2}, {1, 1}, {0, 0}, true, true, 0},
+        {{3, 3}, {2, 2}, {1, 1}, {0, 0}, true, false, 0},
+        {{3, 2}, {1, 2}, {1, 1}, {0, 0}, false, false, 0},
+        {{2, 2}, {1, 1}, {1, 0}, {0, 0}, false, true, 3},
+    };
+    rng r = {23};
+    const int64_t n = 2, c = 2, h = 7, w = 6;
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const q8_pool2d_desc *d = &cases[t];
+        q8_model *m = pool_f32_model("avg", c, h, w, d, 0, 0);
+        float x[2 * 2 * 7 * 6];
+        fill_floats(&r, x, n * c * h * w, -5.0f, 5.0f);
+        q8_value_info v;
+        const float *y = run1(m, x, n, &v);
+        int64_t oh_n = v.shape[2], ow_n = v.shape[3], kh = d->kernel[0], kw = d->kernel[1];
+        int64_t sh = d->stride[0], sw = d->stride[1], ph = d->padding[0], pw = d->padding[1];
+        for (int64_t p = 0; p < n * c; p++)
+            for (int64_t oh = 0; oh < oh_n; oh++)
+                for (int64_t ow = 0; ow < ow_n; ow++) {
+                    int64_t h0 = oh * sh - ph, w0 = ow * sw - pw;
+                    int64_t h1 = h0 + kh < h + ph ? h0 + kh : h + ph;
+                    int64_t w1 = w0 + kw < w + pw ? w0 + kw : w + pw;
+                    int64_t pool = (h1 - h0) * (w1 - w0);
+                    h0 = h0 < 0 ? 0 : h0, w0 = w0 < 0 ? 0 : w0;
+                    h1 = h1 > h ? h : h1, w1 = w1 > w ? w : w1;
+                    float sum = 0.0f;
+                    for (int64_t ih = h0; ih < h1; ih++)
+                        for (int64_t iw = w0; iw < w1; iw++)
+                            sum += x[(p * h + ih) * w + iw];
+                    int64_t divide = d->divisor_override   ? d->divisor_override
+                                     : d->count_include_pad ? pool
+                                                            : (h1 - h0) * (w1 - w0);
+                    int64_t yi = (p * oh_n + oh) * ow_n + ow;
+                    ck_same_float(y[yi], sum / (float)divide, "avg_pool2d_f32", yi);
+                }
+        q8_model_free(m);
+    }
+}
+END_TEST
+
+START_TEST(adaptive_avg_pool2d_f32_divides_like_pytorch)
+{
+    rng r = {24};
+    const int64_t n = 2, c = 3, h = 7, w = 5;
+    const int64_t sizes[][2] = {{3, 2}, {1, 1}, {7, 5}, {4, 3}};
+    for (size_t t = 0; t < 4; t++) {
+        int64_t oh_n = sizes[t][0], ow_n = sizes[t][1];
+        q8_model *m = pool_f32_model("adaptive", c, h, w, NULL, oh_n, ow_n);
+        float x[2 * 3 * 7 * 5];
+        fill_floats(&r, x, n * c * h * w, -5.0f, 5.0f);
+        q8_value_info v;
+        const float *y = run1(m, x, n, &v);
+        for (int64_t p = 0; p < n * c; p++)
+            for (int64_t oh = 0; oh < oh_n; oh++)
+                for (int64_t ow = 0; ow < ow_n; ow++) {
+                    int64_t hs = (int64_t)floorf((float)(oh * h) / (float)oh_n);
+                    int64_t he = (int64_t)ceilf((float)((oh + 1) * h) / (float)oh_n);
+                    int64_t ws = (int64_t)floorf((float)(ow * w) / (float)ow_n);
+                    int64_t we = (int64_t)ceilf((float)((ow + 1) * w) / (float)ow_n);
+                    float sum = 0.0f;
+                    for (int64_t ih = hs; ih < he; ih++)
+                        for (int64_t iw = ws; iw < we; iw++)
+                            sum += x[(p * h + ih) * w + iw];
+                    /* 1x1: torch.mean over (H, W), one division; else sum / kh / kw */
+                    float want = oh_n == 1 && ow_n == 1
+                                     ? sum / (float)(h * w)
+                                     : sum / (float)(he - hs) / (float)(we - ws);
+                    int64_t yi = (p * oh_n + oh) * ow_n + ow;
+                    ck_same_float(y[yi], want, "adaptive_avg_pool2d_f32", yi);
+                }
+        q8_model_free(m);
+    }
+}
+END_TEST
+
+START_TEST(clamp_f32_and_hardswish_f32_follow_pytorch_nan_included)
+{
+    int64_t shape[2] = {-1, 16};
+    q8_builder *b = q8_builder_new();
+    int32_t x = q8_builder_input(b, "x", Q8_F32, 2, shape);
+    int32_t r = q8_builder_clamp_f32(b, "relu", x, Q8_ACT_RELU);
+    int32_t r6 = q8_builder_clamp_f32(b, "relu6", x, Q8_ACT_RELU6);
+    int32_t hs = q8_builder_hardswish_f32(b, "hs", x);
+    q8_builder_output(b, r);
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_msg(m != NULL, "%s", q8_last_error());
+    const float in[16] = {-7, -3, -1.5f, -0.0f, 0, 0.5f, 3, 5.9f,
+                          6, 7, INFINITY, -INFINITY, NAN, 1e-30f, -1e-30f, 1};
+    const void *ins[1] = {in};
+    CK_Q8(q8_model_run_values(m, ins, 1));
+    q8_value_info vr, v6, vh;
+    CK_Q8(q8_model_value(m, r, &vr));
+    CK_Q8(q8_model_value(m, r6, &v6));
+    CK_Q8(q8_model_value(m, hs, &vh));
+    const float *yr = vr.data, *y6 = v6.data, *yh = vh.data;
+    const float relu[16] = {0, 0, 0, -0.0f, 0, 0.5f, 3, 5.9f, 6, 7, INFINITY, 0, NAN, 1e-30f, 0, 1};
+    const float relu6[16] = {0, 0, 0, -0.0f, 0, 0.5f, 3, 5.9f, 6, 6, 6, 0, NAN, 1e-30f, 0, 1};
+    for (int i = 0; i < 16; i++) {
+        ck_same_float(yr[i], relu[i], "relu", i);
+        ck_same_float(y6[i], relu6[i], "relu6", i);
+        float t = in[i] + 3.0f; /* PyTorch: x * min(max(x + 3, 0), 6) / 6, NaN kept */
+        t = t < 0.0f ? 0.0f : t > 6.0f ? 6.0f : t;
+        ck_same_float(yh[i], in[i] * t / 6.0f, "hardswish", i);
+    }
+    ck_assert_float_eq(yh[6], 3.0f);              /* hardswish(3) = 3 */
+    ck_assert_float_eq(yh[15], 4.0f / 6.0f);      /* hardswish(1) = 1 * 4 / 6 */
+    ck_assert(yh[1] == 0.0f && yh[0] == 0.0f);    /* -3 and below: 0 */
+    ck_assert(isinf(yh[10]) && isnan(yh[11]) && isnan(yh[12])); /* inf, -inf * 0, NaN */
+    q8_model_free(m);
+    b = q8_builder_new();
+    x = q8_builder_input(b, "x", Q8_F32, 2, shape);
+    ck_assert_int_eq(q8_builder_clamp_f32(b, "id", x, Q8_ACT_NONE), -1);
+    CK_FAILS_WITH(q8_builder_finish(b), Q8_ERR_ARG,
+                  "node 0 (clamp_f32 'id'): act must be RELU or RELU6");
+}
+END_TEST
+
+/* x f32 (N,2,9,8) -> conv2d_f32 3x3 pad 1 relu -> max_pool2d_f32 2 -> conv2d_f32 dw relu6 ->
+ * add_f32 (skip) -> avg_pool2d_f32 -> adaptive_avg_pool2d_f32 (1,1) -> flatten ->
+ * linear_dynamic: PyTorch's quantize_dynamic of a conv net (convs stay float). */
+static q8_model *dynamic_model(uint64_t seed)
+{
+    rng r = {seed};
+    float w1[4 * 18], b1[4], w2[4 * 9], b2[4], sw[3], bias[3];
+    int8_t w3[3 * 4];
+    fill_floats(&r, w1, 72, -0.4f, 0.4f), fill_floats(&r, b1, 4, -0.5f, 0.5f);
+    fill_floats(&r, w2, 36, -0.4f, 0.4f), fill_floats(&r, b2, 4, -0.5f, 0.5f);
+    fill_floats(&r, sw, 3, 0.005f, 0.01f), fill_floats(&r, bias, 3, -0.5f, 0.5f);
+    fill_weights(&r, w3, 12);
+    q8_builder *b = q8_builder_new();
+    q8_builder_set_attr_text(b, "source_model", "test-dynamic");
+    int64_t xs[4] = {-1, 2, 9, 8};
+    int32_t x = q8_builder_input(b, "x", Q8_F32, 4, xs);
+    q8_conv2d_desc c1 = {4, {3, 3}, {1, 1}, {1, 1}, {1, 1}, 1};
+    x = q8_builder_conv2d_f32(b, "features.0", x, &c1, w1, b1, Q8_ACT_RELU);
+    q8_pool2d_desc mp = {{2, 2}, {2, 2}, {0, 0}, {1, 1}, false, true, 0};
+    int32_t p = q8_builder_max_pool2d_f32(b, "features.2", x, &mp);
+    q8_conv2d_desc c2 = {4, {3, 3}, {1, 1}, {1, 1}, {1, 1}, 4};
+    int32_t d = q8_builder_conv2d_f32(b, "features.3", p, &c2, w2, b2, Q8_ACT_RELU6);
+    int32_t s = q8_builder_add_f32(b, "skip", d, p, Q8_ACT_NONE);
+    q8_pool2d_desc ap = {{2, 2}, {1, 1}, {0, 0}, {0, 0}, false, true, 0};
+    s = q8_builder_avg_pool2d_f32(b, "avg", s, &ap);
+    s = q8_builder_adaptive_avg_pool2d_f32(b, "pool", s, 1, 1);
+    s = q8_builder_flatten(b, "flatten", s);
+    q8_weights wt = {w3, sw, 3, bias};
+    q8_builder_output(b, q8_builder_linear_dynamic(b, "fc", s, 3, &wt, Q8_ACT_NONE));
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_msg(m != NULL, "%s", q8_last_error());
+    return m;
+}
+
+START_TEST(dynamic_model_round_trips_through_a_file_with_identical_results)
+{
+    char *dir = make_tmpdir(), path[128];
+    snprintf(path, sizeof path, "%s/dynamic.h5", dir);
+    q8_model *m = dynamic_model(25);
+    CK_Q8(q8_model_save(m, path));
+    q8_model *l = q8_model_load(path);
+    ck_assert_msg(l != NULL, "%s", q8_last_error());
+    rng r = {26};
+    float x[3 * 144], y1[9], y2[9];
+    fill_floats(&r, x, 3 * 144, -1.0f, 1.0f);
+    CK_Q8(q8_model_run(m, x, 3, y1));
+    CK_Q8(q8_model_run(l, x, 3, y2));
+    ck_assert_int_eq(memcmp(y1, y2, sizeof y1), 0);
+    for (int32_t id = 0; id < m->n_values; id++) {
+        q8_value_info a, c;
+        CK_Q8(q8_model_value(m, id, &a));
+        CK_Q8(q8_model_value(l, id, &c));
+        ck_assert_int_eq(memcmp(a.data, c.data, (size_t)(3 * m->values[id].item_numel) * 4), 0);
+    }
+    /* a batch of one gives the same float values up to linear_dynamic */
+    CK_Q8(q8_model_run(l, x + 144, 1, y2));
+    q8_value_info a;
+    int32_t flat = find_value(l, "flatten");
+    float keep[4];
+    CK_Q8(q8_model_value(l, flat, &a));
+    memcpy(keep, a.data, sizeof keep);
+    CK_Q8(q8_model_run(l, x, 3, y2));
+    CK_Q8(q8_model_value(l, flat, &a));
+    ck_assert_int_eq(memcmp(keep, (const float *)a.data + 4, sizeof keep), 0);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    q8_model_describe(l, f);
+    fclose(f);
+    ck_assert_ptr_nonnull(strstr(text, "conv2d_f32"));
+    ck_assert_ptr_nonnull(strstr(text, "adaptive_avg_pool2d_f32"));
+    ck_assert_ptr_nonnull(strstr(text, "act=2"));
+    free(text);
+    q8_model_free(m);
+    q8_model_free(l);
+    unlink(path);
+    rmdir(dir);
+}
+END_TEST
+
+START_TEST(float_builders_refuse_quantized_inputs_and_non_finite_weights)
+{
+    int64_t shape[4] = {-1, 1, 4, 4};
+    float w[9] = {1, NAN, 3, 4, 5, 6, 7, 8, 9}, bias[2] = {0, INFINITY};
+    q8_conv2d_desc cd = {1, {3, 3}, {1, 1}, {1, 1}, {1, 1}, 1};
+    q8_builder *b = q8_builder_new();
+    int32_t x = q8_builder_input_quantized(b, "x", qp(Q8_U8, 0.1f, 0), 4, shape);
+    ck_assert_int_eq(q8_builder_conv2d_f32(b, "c", x, &cd, w, NULL, Q8_ACT_NONE), -1);
+    CK_FAILS_WITH(q8_builder_finish(b), Q8_ERR_FORMAT,
+                  "node 0 (conv2d_f32 'c'): input (value 0) is u8, conv2d_f32 needs f32");
+    b = q8_builder_new();
+    x = q8_builder_input(b, "x", Q8_F32, 4, shape);
+    ck_assert_int_eq(q8_builder_conv2d_f32(b, "c", x, &cd, w, NULL, Q8_ACT_NONE), -1);
+    CK_FAILS_WITH(q8_builder_finish(b), Q8_ERR_FORMAT,
+                  "node 0 (conv2d_f32 'c'): constant 'weight'[1] = nan is not finite");
+    b = q8_builder_new();
+    int64_t fs[2] = {-1, 9};
+    x = q8_builder_input(b, "x", Q8_F32, 2, fs);
+    ck_assert_int_eq(q8_builder_linear_f32(b, "fc", x, 2, (const float[18]){0}, bias,
+                                           Q8_ACT_NONE), -1);
+    CK_FAILS_WITH(q8_builder_finish(b), Q8_ERR_FORMAT,
+                  "node 0 (linear_f32 'fc'): constant 'bias'[1] = inf is not finite");
+    b = q8_builder_new();
+    x = q8_builder_input_quantized(b, "x", qp(Q8_U8, 0.1f, 0), 4, shape);
+    q8_pool2d_desc pd = {{2, 2}, {2, 2}, {0, 0}, {1, 1}, false, true, 0};
+    ck_assert_int_eq(q8_builder_max_pool2d_f32(b, "p", x, &pd), -1);
+    CK_FAILS_WITH(q8_builder_finish(b), Q8_ERR_FORMAT,
+                  "node 0 (max_pool2d_f32 'p'): input 0 (value 0) is u8, the op needs f32");
+    b = q8_builder_new();
+    x = q8_builder_input(b, "x", Q8_F32, 4, shape);
+    ck_assert_int_eq(q8_builder_max_pool2d(b, "p", x, &pd), -1);
+    CK_FAILS_WITH(q8_builder_finish(b), Q8_ERR_FORMAT,
+                  "node 0 (max_pool2d 'p'): input 0 (value 0) is f32, the op needs u8 or i8");
 }
 END_TEST
 
@@ -1146,22 +2166,22 @@ static q8_model *small_model(uint64_t seed, q8_dtype act)
     q8_builder_set_attr_text(b, "qconfig", "test: per-channel weights");
     int64_t xs[4] = {-1, 1, 8, 7};
     int32_t x = q8_builder_input(b, "x", Q8_F32, 4, xs);
-    x = q8_builder_quantize(b, "quant", x, (q8_qparams){act, 1.0f / 64, zm});
+    x = q8_builder_quantize(b, "quant", x, qp(act, 1.0f / 64, zm));
     q8_conv2d_desc c1 = {4, {3, 3}, {1, 1}, {1, 1}, {1, 1}, 1};
     q8_weights wt1 = {w1, s1, 4, b1};
-    x = q8_builder_conv2d(b, "features.0", x, &c1, &wt1, (q8_qparams){act, 0.02f, z}, Q8_ACT_RELU);
+    x = q8_builder_conv2d(b, "features.0", x, &c1, &wt1, qp(act, 0.02f, z), Q8_ACT_RELU);
     q8_pool2d_desc mp = {{2, 2}, {2, 2}, {0, 0}, {1, 1}, false, true, 0};
     int32_t p = q8_builder_max_pool2d(b, "features.2", x, &mp);
     q8_conv2d_desc c2 = {4, {3, 3}, {1, 1}, {1, 1}, {1, 1}, 4};
     q8_weights wt2 = {w2, s2, 4, b2};
-    int32_t d = q8_builder_conv2d(b, "features.3", p, &c2, &wt2, (q8_qparams){act, 0.03f, zm},
+    int32_t d = q8_builder_conv2d(b, "features.3", p, &c2, &wt2, qp(act, 0.03f, zm),
                                   Q8_ACT_NONE);
-    d = q8_builder_hardswish(b, "features.4", d, (q8_qparams){act, 0.025f, zm});
-    int32_t s = q8_builder_add(b, "skip", d, p, (q8_qparams){act, 0.04f, z}, Q8_ACT_RELU);
+    d = q8_builder_hardswish(b, "features.4", d, qp(act, 0.025f, zm));
+    int32_t s = q8_builder_add(b, "skip", d, p, qp(act, 0.04f, z), Q8_ACT_RELU);
     s = q8_builder_adaptive_avg_pool2d(b, "pool", s, 2, 2, NULL);
     s = q8_builder_flatten(b, "flatten", s);
     q8_weights wt3 = {w3, s3, 6, b3};
-    s = q8_builder_linear(b, "fc1", s, 6, &wt3, (q8_qparams){act, 0.05f, z}, Q8_ACT_RELU6);
+    s = q8_builder_linear(b, "fc1", s, 6, &wt3, qp(act, 0.05f, z), Q8_ACT_RELU6);
     s = q8_builder_dequantize(b, "dequant", s);
     q8_weights wt4 = {w4, s4, 3, b4};
     s = q8_builder_linear_dynamic(b, "fc2", s, 3, &wt4, Q8_ACT_NONE);
@@ -1317,7 +2337,7 @@ START_TEST(run_refuses_bad_batches_and_non_float_models)
     q8_model_free(m);
     int64_t shape[2] = {-1, 4};
     q8_builder *b = q8_builder_new();
-    int32_t xi = q8_builder_input_quantized(b, "x", (q8_qparams){Q8_U8, 0.1f, 0}, 2, shape);
+    int32_t xi = q8_builder_input_quantized(b, "x", qp(Q8_U8, 0.1f, 0), 2, shape);
     q8_builder_output(b, q8_builder_flatten(b, "f", xi));
     m = q8_builder_finish(b);
     ck_assert_int_eq(q8_model_run(m, x, 1, y), Q8_ERR_STATE);
@@ -1335,10 +2355,10 @@ START_TEST(builder_errors_name_the_node_and_the_first_error_sticks)
     int8_t w[4 * 2 * 9] = {0};
     float sw[4] = {0.01f, 0.01f, 0.01f, 0.01f};
     q8_builder *b = q8_builder_new();
-    int32_t x = q8_builder_input_quantized(b, "x", (q8_qparams){Q8_U8, 0.1f, 0}, 4, shape);
+    int32_t x = q8_builder_input_quantized(b, "x", qp(Q8_U8, 0.1f, 0), 4, shape);
     q8_conv2d_desc cd = {4, {3, 3}, {1, 1}, {0, 0}, {1, 1}, 2}; /* 3 channels, 2 groups */
     q8_weights wt = {w, sw, 4, NULL};
-    ck_assert_int_eq(q8_builder_conv2d(b, "conv", x, &cd, &wt, (q8_qparams){Q8_U8, 0.1f, 0},
+    ck_assert_int_eq(q8_builder_conv2d(b, "conv", x, &cd, &wt, qp(Q8_U8, 0.1f, 0),
                                        Q8_ACT_NONE),
                      -1);
     ck_assert_ptr_nonnull(strstr(q8_last_error(), "node 0 (conv2d 'conv')"));
@@ -1357,9 +2377,9 @@ START_TEST(builder_refuses_a_bias_that_does_not_fit_int32)
     int8_t w[2 * 4] = {1, 2, 3, 4, 5, 6, 7, 8};
     float sw[2] = {1e-4f, 1e-4f}, bias[2] = {0.5f, 5000.0f};
     q8_builder *b = q8_builder_new();
-    int32_t x = q8_builder_input_quantized(b, "x", (q8_qparams){Q8_U8, 1e-3f, 0}, 2, shape);
+    int32_t x = q8_builder_input_quantized(b, "x", qp(Q8_U8, 1e-3f, 0), 2, shape);
     q8_weights wt = {w, sw, 2, bias};
-    ck_assert_int_eq(q8_builder_linear(b, "fc", x, 2, &wt, (q8_qparams){Q8_U8, 0.1f, 0},
+    ck_assert_int_eq(q8_builder_linear(b, "fc", x, 2, &wt, qp(Q8_U8, 0.1f, 0),
                                        Q8_ACT_NONE),
                      -1);
     CK_FAILS_WITH(q8_builder_finish(b), Q8_ERR_NUMERIC, "node 0 (linear 'fc'): bias[1] = 5000");
@@ -1410,10 +2430,10 @@ static void save_base_model(const char *path)
     q8_builder *b = q8_builder_new();
     int64_t xs[4] = {-1, 3, 7, 5};
     int32_t x = q8_builder_input(b, "x", Q8_F32, 4, xs);
-    x = q8_builder_quantize(b, "quant", x, (q8_qparams){Q8_U8, 0.02f, 128});
+    x = q8_builder_quantize(b, "quant", x, qp(Q8_U8, 0.02f, 128));
     q8_conv2d_desc cd = {4, {3, 3}, {1, 1}, {1, 1}, {1, 1}, 1};
     q8_weights wt = {w, sw, 4, bias};
-    x = q8_builder_conv2d(b, "conv", x, &cd, &wt, (q8_qparams){Q8_U8, 0.05f, 0}, Q8_ACT_RELU);
+    x = q8_builder_conv2d(b, "conv", x, &cd, &wt, qp(Q8_U8, 0.05f, 0), Q8_ACT_RELU);
     q8_builder_output(b, q8_builder_dequantize(b, "dequant", x));
     q8_model *m = q8_builder_finish(b);
     ck_assert_msg(m != NULL, "%s", q8_last_error());
@@ -1684,6 +2704,142 @@ START_TEST(malformed_files_are_refused_with_the_node_and_field_named)
 }
 END_TEST
 
+/* value 0 x f32 (N,3,7,5) -> node 0 conv2d_f32 3->4 3x3 pad 1 relu -> value 1 f32 ->
+ * node 1 quantize u8 (0.05, 3) in [0, 127] -> value 2 -> node 2 requantize i8 (0.1, -5)
+ * in [-64, 63] relu6 -> value 3 -> node 3 dequantize -> value 4 f32 */
+static void save_mixed_model(const char *path)
+{
+    float w[4 * 3 * 9], bias[4] = {0.1f, -0.2f, 0.3f, 0.0f};
+    rng r = {31};
+    fill_floats(&r, w, 4 * 27, -0.5f, 0.5f);
+    q8_builder *b = q8_builder_new();
+    int64_t xs[4] = {-1, 3, 7, 5};
+    int32_t x = q8_builder_input(b, "x", Q8_F32, 4, xs);
+    q8_conv2d_desc cd = {4, {3, 3}, {1, 1}, {1, 1}, {1, 1}, 1};
+    x = q8_builder_conv2d_f32(b, "fconv", x, &cd, w, bias, Q8_ACT_RELU);
+    x = q8_builder_quantize(b, "quant", x, qpr(Q8_U8, 0.05f, 3, 0, 127));
+    x = q8_builder_requantize(b, "requant", x, qpr(Q8_I8, 0.1f, -5, -64, 63), Q8_ACT_RELU6);
+    q8_builder_output(b, q8_builder_dequantize(b, "dequant", x));
+    q8_model *m = q8_builder_finish(b);
+    ck_assert_msg(m != NULL, "%s", q8_last_error());
+    CK_Q8(q8_model_save(m, path));
+    q8_model_free(m);
+}
+
+static void check_corrupt_mixed(corrupt_fn fn, q8_status status, const char *needle)
+{
+    char *dir = make_tmpdir(), path[128];
+    snprintf(path, sizeof path, "%s/m.h5", dir);
+    save_mixed_model(path);
+    q8_model *ok = q8_model_load(path); /* the base loads */
+    ck_assert_msg(ok != NULL, "%s", q8_last_error());
+    q8_model_free(ok);
+    fn(path);
+    q8_model *m = q8_model_load(path);
+    CK_FAILS_WITH(m, status, needle);
+    ck_assert_ptr_nonnull(strstr(q8_last_error(), path));
+    unlink(path);
+    rmdir(dir);
+}
+
+static void c_quantize_clamp_outside_dtype(const char *path)
+{
+    put_i64(path, "nodes/0", "clamp_min", -5);
+}
+static void c_quantize_clamp_without_zero_point(const char *path)
+{
+    put_i64(path, "nodes/0", "clamp_max", 100); /* zp 128 */
+}
+static void c_conv_clamp_above_zero_point(const char *path)
+{
+    put_i64(path, "nodes/1", "clamp_min", 10); /* zp 0 */
+}
+static void c_clamp_inverted(const char *path)
+{
+    put_i64(path, "nodes/0", "clamp_min", 200);
+    put_i64(path, "nodes/0", "clamp_max", 100);
+}
+static void c_fconv_weight_nan(const char *path)
+{
+    float w[4 * 3 * 9] = {0};
+    w[5] = NAN;
+    hsize_t dims[4] = {4, 3, 3, 3};
+    put_dataset(path, "nodes/0/weight", H5T_NATIVE_FLOAT, 4, dims, w, false);
+}
+static void c_fconv_bias_inf(const char *path)
+{
+    float bias[4] = {0, 0, -INFINITY, 0};
+    hsize_t dims[1] = {4};
+    put_dataset(path, "nodes/0/bias", H5T_NATIVE_FLOAT, 1, dims, bias, false);
+}
+static void c_fconv_weight_i8(const char *path)
+{
+    int8_t w[4 * 3 * 9] = {0};
+    hsize_t dims[4] = {4, 3, 3, 3};
+    put_dataset(path, "nodes/0/weight", H5T_NATIVE_INT8, 4, dims, w, false);
+}
+static void c_fconv_act_range(const char *path) { put_i64(path, "nodes/0", "act", 3); }
+static void c_fconv_extra_const(const char *path)
+{
+    int32_t m[4] = {0};
+    hsize_t dims[1] = {4};
+    put_dataset(path, "nodes/0/multiplier", H5T_NATIVE_INT32, 1, dims, m, false);
+}
+static void c_requant_missing_clamp(const char *path) { drop(path, "nodes/2", "clamp_max"); }
+static void c_requant_multiplier(const char *path)
+{
+    put_i64(path, "nodes/2", "multiplier", (INT64_C(1) << 30) + 100000); /* M = 0.05/0.1 = 2^-1 */
+}
+static void c_requant_clamp_outside_i8(const char *path)
+{
+    put_i64(path, "nodes/2", "clamp_max", 200);
+}
+static void c_requant_from_float(const char *path)
+{
+    int32_t ids[1] = {1}; /* value 1 is the f32 conv output */
+    put_attr(path, "nodes/2", "inputs", H5T_NATIVE_INT32, ids, 1);
+}
+
+START_TEST(malformed_clamp_ranges_requantize_and_float_ops_are_refused)
+{
+    const struct {
+        corrupt_fn fn;
+        q8_status status;
+        const char *needle;
+    } base[] = {
+        {c_quantize_clamp_outside_dtype, Q8_ERR_FORMAT,
+         "node 0 (quantize 'quant'): clamp [-5, 255] is not an interval inside the u8 range"},
+        {c_quantize_clamp_without_zero_point, Q8_ERR_FORMAT,
+         "node 0 (quantize 'quant'): clamp [0, 100] does not contain the output zero point 128"},
+        {c_conv_clamp_above_zero_point, Q8_ERR_FORMAT,
+         "node 1 (conv2d 'conv'): clamp [10, 255] does not contain the output zero point 0"},
+        {c_clamp_inverted, Q8_ERR_FORMAT, "clamp [200, 100] is not an interval"},
+    }, mixed[] = {
+        {c_fconv_weight_nan, Q8_ERR_FORMAT,
+         "node 0 (conv2d_f32 'fconv'): constant 'weight'[5] = nan is not finite"},
+        {c_fconv_bias_inf, Q8_ERR_FORMAT,
+         "node 0 (conv2d_f32 'fconv'): constant 'bias'[2] = -inf is not finite"},
+        {c_fconv_weight_i8, Q8_ERR_SHAPE,
+         "constant 'weight' is i8 of rank 4, conv2d_f32 needs f32"},
+        {c_fconv_act_range, Q8_ERR_FORMAT, "attribute 'act' = 3 is out of range [0, 2]"},
+        {c_fconv_extra_const, Q8_ERR_FORMAT,
+         "node 0 (conv2d_f32 'fconv'): unknown constant 'multiplier'"},
+        {c_requant_missing_clamp, Q8_ERR_FORMAT,
+         "node 2 (requantize 'requant'): attribute 'clamp_max' is missing"},
+        {c_requant_multiplier, Q8_ERR_FORMAT,
+         "node 2 (requantize 'requant'): multiplier[0]: multiplier 1073841824 * 2^-31"},
+        {c_requant_clamp_outside_i8, Q8_ERR_FORMAT,
+         "node 2 (requantize 'requant'): clamp [-5, 200] is not an interval inside the i8 range"},
+        {c_requant_from_float, Q8_ERR_FORMAT,
+         "node 2 (requantize 'requant'): input 0 (value 1) is f32, the op needs u8 or i8"},
+    };
+    for (size_t i = 0; i < sizeof base / sizeof base[0]; i++)
+        check_corrupt(base[i].fn, base[i].status, base[i].needle);
+    for (size_t i = 0; i < sizeof mixed / sizeof mixed[0]; i++)
+        check_corrupt_mixed(mixed[i].fn, mixed[i].status, mixed[i].needle);
+}
+END_TEST
+
 START_TEST(load_of_a_missing_file_is_an_io_error)
 {
     q8_model *m = q8_model_load("/nonexistent/model.h5");
@@ -1738,6 +2894,37 @@ Suite *make_suite(void)
     tcase_add_test(tc, hardswish_table_matches_the_float_formula);
     suite_add_tcase(s, tc);
 
+    tc = tcase_create("ranges");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, qparams_range_is_the_dtype_by_default_and_must_hold_the_zero_point);
+    tcase_add_test(tc, fused_activation_bounds_are_intersected_with_the_clamp_range);
+    tcase_add_test(tc, quantize_clamps_where_fake_quant_clamped);
+    tcase_add_test(tc, conv2d_and_linear_clamp_to_the_restricted_range);
+    tcase_add_test(tc, add_and_mul_clamp_to_the_restricted_range);
+    tcase_add_test(tc, cat_clamps_copied_and_requantized_inputs_to_the_range);
+    tcase_add_test(tc, average_pools_clamp_to_the_restricted_range);
+    tcase_add_test(tc, hardswish_table_entries_stay_inside_the_range);
+    tcase_add_test(tc, requantize_rescales_once_and_fuses_relu6_inside_the_range);
+    tcase_add_test(tc, builder_refuses_a_range_outside_the_dtype_or_without_the_zero_point);
+    tcase_add_test(tc, full_range_clamps_are_left_out_of_files_and_restricted_ones_round_trip);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("float_ops");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, conv2d_f32_matches_a_double_reference_on_odd_shapes);
+    tcase_add_test(tc, conv2d_f32_gives_hand_computed_values);
+    tcase_add_test(tc, sgemm_kernels_match_a_double_product_on_edge_tiles);
+    tcase_add_test(tc, linear_f32_matches_a_double_reference_over_chunks);
+    tcase_add_test(tc, add_f32_and_mul_f32_are_elementwise_with_fused_activation);
+    tcase_add_test(tc, cat_f32_concatenates_along_channels);
+    tcase_add_test(tc, max_pool2d_f32_lets_nan_win_and_gives_minus_inf_to_empty_windows);
+    tcase_add_test(tc, avg_pool2d_f32_sums_row_by_row_then_divides_once);
+    tcase_add_test(tc, adaptive_avg_pool2d_f32_divides_like_pytorch);
+    tcase_add_test(tc, clamp_f32_and_hardswish_f32_follow_pytorch_nan_included);
+    tcase_add_test(tc, dynamic_model_round_trips_through_a_file_with_identical_results);
+    tcase_add_test(tc, float_builders_refuse_quantized_inputs_and_non_finite_weights);
+    suite_add_tcase(s, tc);
+
     tc = tcase_create("model");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, small_model_runs_end_to_end_and_batches_are_independent);
@@ -1753,6 +2940,7 @@ Suite *make_suite(void)
     tc = tcase_create("files");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, malformed_files_are_refused_with_the_node_and_field_named);
+    tcase_add_test(tc, malformed_clamp_ranges_requantize_and_float_ops_are_refused);
     tcase_add_test(tc, load_of_a_missing_file_is_an_io_error);
     suite_add_tcase(s, tc);
     return s;

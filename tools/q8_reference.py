@@ -12,6 +12,10 @@ INPUT.h5 holds "input_<i>" for each graph input (shape (N, ...), the input's dty
 OUT.h5 receives "values/<id>" for every value. Integer arithmetic is done in int64 with
 numpy; float steps are done in float32 exactly as the format specifies (the fused
 multiply-add of linear_dynamic's input quantization is computed exactly in long double).
+The float pools sum in float32 in the order the format fixes (row by row, PyTorch's);
+the sums of conv2d_f32 and linear_f32, whose order the format leaves to the
+implementation, are computed in float64 and rounded once to float32: the exact sum
+whenever float32 can hold it, else within rounding of it.
 
 As a library:  model = load(path); values = run(model, [x]); values[id] -> ndarray.
 """
@@ -75,6 +79,15 @@ class Value:
             self.scale, self.zero_point = None, None
 
 
+# Optional clamp ranges of version 1 (absent from files written before they existed):
+# absent means the output dtype's full range.
+CLAMP_DEFAULT_OPS = ("quantize", "cat", "avg_pool2d", "adaptive_avg_pool2d")
+# Ops whose clamp_min/clamp_max bound a quantized output.
+CLAMP_OPS = CLAMP_DEFAULT_OPS + ("conv2d", "linear", "add", "mul", "clamp", "requantize")
+ACT_NONE, ACT_RELU, ACT_RELU6 = 0, 1, 2
+ACT_DEFAULT_OPS = ("conv2d_f32", "linear_f32", "add_f32", "mul_f32")
+
+
 class Node:
     def __init__(self, index, g):
         self.index = index
@@ -85,6 +98,8 @@ class Node:
         self.attrs = {k: _ints(g, k)[0] for k in g.attrs
                       if k not in ("op", "name", "inputs", "outputs")}
         self.consts = {k: np.array(g[k]) for k in g.keys()}
+        if self.op in ACT_DEFAULT_OPS:
+            self.attrs.setdefault("act", ACT_NONE)
 
     def a(self, key):
         return self.attrs[key]
@@ -114,7 +129,25 @@ def load(path):
         if any(v not in defined for v in n.inputs):
             raise FormatError(f"node {n.index}: input used before its definition")
         defined.update(n.outputs)
+        if n.op in CLAMP_OPS:
+            _clamp_range(m, n)
     return m
+
+
+def _clamp_range(m, n):
+    """Fills in the default clamp range and checks it: inside the output dtype's range,
+    holding the output zero point (docs/FORMAT.md, 4.3)."""
+    y = m.values[n.outputs[0]]
+    if y.dtype not in QRANGE:
+        raise FormatError(f"node {n.index}: {n.op} gives u8 or i8")
+    lo, hi = QRANGE[y.dtype]
+    if n.op in CLAMP_DEFAULT_OPS:
+        n.attrs.setdefault("clamp_min", lo)
+        n.attrs.setdefault("clamp_max", hi)
+    cmin, cmax = n.a("clamp_min"), n.a("clamp_max")
+    if not lo <= cmin <= y.zero_point <= cmax <= hi:
+        raise FormatError(f"node {n.index}: clamp [{cmin}, {cmax}] is not inside {y.dtype} "
+                          f"[{lo}, {hi}] around the zero point {y.zero_point}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -187,7 +220,7 @@ def op_quantize(m, n, x):
     inv = F32(1.0) / y.scale
     with np.errstate(invalid="ignore", over="ignore"):
         r = np.rint(x.astype(F32) * inv)
-    lo, hi = QRANGE[y.dtype]
+    lo, hi = n.a("clamp_min"), n.a("clamp_max")
     zp = y.zero_point
     out = np.where(np.isnan(r), F32(zp), r)
     out = np.where(out <= F32(lo - zp), F32(lo - zp), np.where(out >= F32(hi - zp), F32(hi - zp), out))
@@ -350,7 +383,7 @@ def op_cat(m, n, *xs):
     for i, x in enumerate(xs):
         v = m.values[n.inputs[i]]
         parts.append(y.zero_point + rq(ints(v, x) - v.zero_point, int(mult[i]), int(shift[i])))
-    return store(y, np.concatenate(parts, axis=1))
+    return store(y, np.clip(np.concatenate(parts, axis=1), n.a("clamp_min"), n.a("clamp_max")))
 
 
 def op_max_pool2d(m, n, x):
@@ -394,7 +427,7 @@ def op_avg_pool2d(m, n, x):
     else:
         divide = np.outer(valid_h, valid_w)
     v = y.zero_point + rq_div(acc, n.a("multiplier"), n.a("shift"), divide[None, None])
-    return store(y, v)
+    return store(y, np.clip(v, n.a("clamp_min"), n.a("clamp_max")))
 
 
 def op_adaptive_avg_pool2d(m, n, x):
@@ -409,7 +442,7 @@ def op_adaptive_avg_pool2d(m, n, x):
             ws, we = j * w // ow, -(-(j + 1) * w // ow)
             acc = xi[:, :, hs:he, ws:we].sum(axis=(2, 3))
             out[:, :, i, j] = rq_div(acc, n.a("multiplier"), n.a("shift"), (he - hs) * (we - ws))
-    return store(y, y.zero_point + out)
+    return store(y, np.clip(y.zero_point + out, n.a("clamp_min"), n.a("clamp_max")))
 
 
 def op_flatten(m, n, x):
@@ -427,12 +460,141 @@ def op_hardswish(m, n, x):
     return n.consts["table"][idx]
 
 
+def op_requantize(m, n, x):
+    xv, y = m.values[n.inputs[0]], m.values[n.outputs[0]]
+    v = y.zero_point + rq(ints(xv, x) - xv.zero_point, n.a("multiplier"), n.a("shift"))
+    return store(y, np.clip(v, n.a("clamp_min"), n.a("clamp_max")))
+
+
+# ---------------------------------------------------------------------------------------
+# float ops (f32 in, f32 out)
+# ---------------------------------------------------------------------------------------
+
+def act_f32(y, act):
+    """relu: x < 0 ? 0 : x; relu6: also x > 6 ? 6 : x (NaN and -0.0 kept)."""
+    y = y.astype(F32)
+    if act != ACT_NONE:
+        y = np.where(y < F32(0), F32(0), y)
+    if act == ACT_RELU6:
+        y = np.where(y > F32(6), F32(6), y)
+    return y.astype(F32)
+
+
+def op_conv2d_f32(m, n, x):
+    w = n.consts["weight"].astype(np.float64)
+    o, cg, kh, kw = w.shape
+    sh, sw, ph, pw = n.a("stride_h"), n.a("stride_w"), n.a("pad_h"), n.a("pad_w")
+    dh, dw, groups = n.a("dilation_h"), n.a("dilation_w"), n.a("groups")
+    nb, c, h, wd = x.shape
+    oh, ow = _geometry(h, kh, sh, ph, dh, False), _geometry(wd, kw, sw, pw, dw, False)
+    xs = _pad(x.astype(np.float64), ph, pw, oh, ow, kh, kw, sh, sw, dh, dw, 0.0)
+    og = o // groups
+    acc = np.zeros((nb, o, oh, ow), np.float64)
+    for i, j, patch in _windows(xs, kh, kw, sh, sw, dh, dw, oh, ow):
+        for g in range(groups):
+            acc[:, g * og:(g + 1) * og] += np.einsum(
+                "nchw,oc->nohw", patch[:, g * cg:(g + 1) * cg], w[g * og:(g + 1) * og, :, i, j])
+    y = acc.astype(F32)
+    if "bias" in n.consts:
+        y = y + n.consts["bias"].astype(F32).reshape(1, o, 1, 1)
+    return act_f32(y, n.a("act"))
+
+
+def op_linear_f32(m, n, x):
+    y = (x.astype(np.float64) @ n.consts["weight"].astype(np.float64).T).astype(F32)
+    if "bias" in n.consts:
+        y = y + n.consts["bias"].astype(F32)
+    return act_f32(y, n.a("act"))
+
+
+def op_add_f32(m, n, a, b):
+    return act_f32(a.astype(F32) + b.astype(F32), n.a("act"))
+
+
+def op_mul_f32(m, n, a, b):
+    return act_f32(a.astype(F32) * b.astype(F32), n.a("act"))
+
+
+def op_cat_f32(m, n, *xs):
+    return np.concatenate(xs, axis=1).astype(F32)
+
+
+def op_max_pool2d_f32(m, n, x):
+    kh, kw, sh, sw = n.a("kernel_h"), n.a("kernel_w"), n.a("stride_h"), n.a("stride_w")
+    ph, pw, dh, dw = n.a("pad_h"), n.a("pad_w"), n.a("dilation_h"), n.a("dilation_w")
+    cm = n.a("ceil_mode") != 0
+    oh, ow = _geometry(x.shape[2], kh, sh, ph, dh, cm), _geometry(x.shape[3], kw, sw, pw, dw, cm)
+    xs = _pad(x.astype(F32), ph, pw, oh, ow, kh, kw, sh, sw, dh, dw, -np.inf)
+    best = np.full((x.shape[0], x.shape[1], oh, ow), -np.inf, F32)
+    for _, _, patch in _windows(xs, kh, kw, sh, sw, dh, dw, oh, ow):
+        best = np.maximum(best, patch)  # NaN wins, as in PyTorch
+    return best
+
+
+def op_avg_pool2d_f32(m, n, x):
+    kh, kw, sh, sw = n.a("kernel_h"), n.a("kernel_w"), n.a("stride_h"), n.a("stride_w")
+    ph, pw, cm = n.a("pad_h"), n.a("pad_w"), n.a("ceil_mode") != 0
+    h, w = x.shape[2], x.shape[3]
+    oh, ow = _geometry(h, kh, sh, ph, 1, cm), _geometry(w, kw, sw, pw, 1, cm)
+    xs = _pad(x.astype(F32), ph, pw, oh, ow, kh, kw, sh, sw, 1, 1, 0.0)
+    acc = np.zeros((x.shape[0], x.shape[1], oh, ow), F32)
+    for _, _, patch in _windows(xs, kh, kw, sh, sw, 1, 1, oh, ow):
+        acc = acc + patch  # row-major, one float32 rounding per step (padding adds +0)
+    full_h, valid_h = _axis_windows(h, oh, kh, sh, ph, cm)
+    full_w, valid_w = _axis_windows(w, ow, kw, sw, pw, cm)
+    if n.a("divisor_override"):
+        divide = np.full((oh, ow), n.a("divisor_override"), np.int64)
+    elif n.a("count_include_pad"):
+        divide = np.outer(full_h, full_w)
+    else:
+        divide = np.outer(valid_h, valid_w)
+    return (acc / divide.astype(F32)[None, None]).astype(F32)
+
+
+def op_adaptive_avg_pool2d_f32(m, n, x):
+    y = m.values[n.outputs[0]]
+    h, w = x.shape[2], x.shape[3]
+    oh, ow = y.shape[2], y.shape[3]
+    xd = x.astype(F32)
+    out = np.zeros((x.shape[0], x.shape[1], oh, ow), F32)
+    for i in range(oh):
+        hs, he = i * h // oh, -(-(i + 1) * h // oh)
+        for j in range(ow):
+            ws, we = j * w // ow, -(-(j + 1) * w // ow)
+            s = np.zeros((x.shape[0], x.shape[1]), F32)
+            for ih in range(hs, he):  # row-major, one float32 rounding per step
+                for iw in range(ws, we):
+                    s = s + xd[:, :, ih, iw]
+            if oh == 1 and ow == 1:  # PyTorch: mean over (H, W)
+                out[:, :, i, j] = s / F32(h * w)
+            else:
+                out[:, :, i, j] = s / F32(he - hs) / F32(we - ws)
+    return out
+
+
+def op_clamp_f32(m, n, x):
+    return act_f32(x, n.a("act"))
+
+
+def op_hardswish_f32(m, n, x):
+    x = x.astype(F32)
+    r = x + F32(3)
+    r = np.where(r < F32(0), F32(0), r)
+    r = np.where(r > F32(6), F32(6), r)
+    with np.errstate(invalid="ignore"):
+        return ((x * r) / F32(6)).astype(F32)
+
+
 OPS = {
     "quantize": op_quantize, "dequantize": op_dequantize, "conv2d": op_conv2d,
     "linear": op_linear, "linear_dynamic": op_linear_dynamic, "add": op_add, "mul": op_mul,
     "cat": op_cat, "max_pool2d": op_max_pool2d, "avg_pool2d": op_avg_pool2d,
     "adaptive_avg_pool2d": op_adaptive_avg_pool2d, "flatten": op_flatten, "clamp": op_clamp,
-    "hardswish": op_hardswish,
+    "hardswish": op_hardswish, "requantize": op_requantize,
+    "conv2d_f32": op_conv2d_f32, "linear_f32": op_linear_f32, "add_f32": op_add_f32,
+    "mul_f32": op_mul_f32, "cat_f32": op_cat_f32, "max_pool2d_f32": op_max_pool2d_f32,
+    "avg_pool2d_f32": op_avg_pool2d_f32, "adaptive_avg_pool2d_f32": op_adaptive_avg_pool2d_f32,
+    "clamp_f32": op_clamp_f32, "hardswish_f32": op_hardswish_f32,
 }
 
 

@@ -2,23 +2,24 @@
  * input rows [floor(o*H/OH), ceil((o+1)*H/OH)) (likewise columns; computed in integers).
  * The output size is the output value's shape. Integer-only, as avg_pool2d:
  *
- *   y = clamp(zp_out + round_half_even(sum(x - zp_in) * M0 / (area * 2^shift)), qmin, qmax)
+ *   y = clamp(zp_out + round_half_even(sum(x - zp_in) * M0 / (area * 2^shift)), clamp_min,
+ *             clamp_max)
  *
- * with M0 * 2^-shift = s_in / s_out and area the window's element count. PyTorch's NCHW
+ * with M0 * 2^-shift = s_in / s_out, area the window's element count and the clamp by
+ * default the output dtype's range. PyTorch's NCHW
  * kernel computes RNE(sum(x) * f32(1/area)) in float (the zero points cancel when the
  * qparams are equal); exact halves can round the other way there. */
 #include "quantized/builder.h"
 
 #include <inttypes.h>
 
-enum { MULT, SHIFT };
+enum { MULT, SHIFT, CLAMP_MIN, CLAMP_MAX };
 static const q8_attr_spec attrs[] = {
     [MULT] = {"multiplier", true, 0, 0, INT32_MAX},
     [SHIFT] = {"shift", true, 0, 0, 63},
+    [CLAMP_MIN] = {"clamp_min", false, Q8_DEF_OUT_QMIN, -128, 255},
+    [CLAMP_MAX] = {"clamp_max", false, Q8_DEF_OUT_QMAX, -128, 255},
 };
-
-static int64_t win_start(int64_t o, int64_t in, int64_t out) { return o * in / out; }
-static int64_t win_end(int64_t o, int64_t in, int64_t out) { return ((o + 1) * in + out - 1) / out; }
 
 static q8_status check(const q8_model *m, const q8_node *n)
 {
@@ -43,6 +44,8 @@ static q8_status check(const q8_model *m, const q8_node *n)
     if (st == Q8_OK)
         st = q8_check_multiplier(n, "multiplier", 0, n->attr[MULT], n->attr[SHIFT],
                                  (double)x->scale / (double)y->scale);
+    if (st == Q8_OK)
+        st = q8_check_out_clamp(m, n, CLAMP_MIN, CLAMP_MAX);
     return st;
 }
 
@@ -54,16 +57,16 @@ static q8_status run(q8_model *m, const q8_node *n, int64_t batch)
     int32_t mult = (int32_t)n->attr[MULT], shift = (int32_t)n->attr[SHIFT];
     int64_t h = x->shape[2], w = x->shape[3], oh_n = y->shape[2], ow_n = y->shape[3];
     int64_t planes = batch * x->shape[1];
-    int32_t zi = x->zero_point, zo = y->zero_point, qmin = q8_qmin(y->dtype),
-            qmax = q8_qmax(y->dtype);
+    int32_t zi = x->zero_point, zo = y->zero_point, qmin = (int32_t)n->attr[CLAMP_MIN],
+            qmax = (int32_t)n->attr[CLAMP_MAX];
 #pragma omp parallel for schedule(static) if (planes * h * w > 32768)
     for (int64_t t = 0; t < planes; t++) {
         const uint8_t *xp = xd + t * h * w; // (H, W)
         uint8_t *yp = yd + t * oh_n * ow_n; // (OH, OW)
         for (int64_t oh = 0; oh < oh_n; oh++) {
-            int64_t hs = win_start(oh, h, oh_n), he = win_end(oh, h, oh_n);
+            int64_t hs = q8_adaptive_start(oh, h, oh_n), he = q8_adaptive_end(oh, h, oh_n);
             for (int64_t ow = 0; ow < ow_n; ow++) {
-                int64_t ws = win_start(ow, w, ow_n), we = win_end(ow, w, ow_n);
+                int64_t ws = q8_adaptive_start(ow, w, ow_n), we = q8_adaptive_end(ow, w, ow_n);
                 int64_t acc = 0;
                 for (int64_t ih = hs; ih < he; ih++)
                     for (int64_t iw = ws; iw < we; iw++)
@@ -98,7 +101,7 @@ int32_t q8_builder_adaptive_avg_pool2d(q8_builder *b, const char *name, int32_t 
         q8_builder_fail(b, Q8_ERR_ARG);
         return -1;
     }
-    q8_qparams qp = out ? *out : (q8_qparams){xv.dtype, xv.scale, xv.zero_point};
+    q8_qparams qp = out ? *out : (q8_qparams){xv.dtype, xv.scale, xv.zero_point, 0, 0};
     int64_t shape[4] = {-1, xv.shape[1], out_h, out_w};
     int32_t y = -1;
     int32_t node = q8_builder_node1(b, "adaptive_avg_pool2d", name, &x, 1, qp.dtype, 4, shape,
@@ -107,5 +110,6 @@ int32_t q8_builder_adaptive_avg_pool2d(q8_builder *b, const char *name, int32_t 
         return -1;
     if (xv.dtype == Q8_U8 || xv.dtype == Q8_I8)
         q8_builder_pool_ratio(b, node, xv.scale, qp.scale);
+    q8_builder_clamp_attrs(b, node, Q8_ACT_NONE, qp);
     return q8_builder_done(b, node, y);
 }

@@ -37,16 +37,10 @@ q8_status q8_check_binary(const q8_model *m, const q8_node *n)
         st = q8_check_input_quantized(m, n, 1);
     if (st != Q8_OK)
         return st;
-    const q8_value *a = q8_in(m, n, 0), *b = q8_in(m, n, 1), *y = q8_out(m, n);
-    bool same = a->ndim == b->ndim;
-    for (int32_t d = 1; same && d < a->ndim; d++)
-        same = a->shape[d] == b->shape[d];
-    char sa[128], sb[128];
-    if (!same)
-        return q8_node_error(n, Q8_ERR_SHAPE, "inputs have shapes %s and %s (no broadcasting: "
-                             "they must be equal)",
-                             q8_shape_str(sa, sizeof sa, a->ndim, a->shape),
-                             q8_shape_str(sb, sizeof sb, b->ndim, b->shape));
+    st = q8_check_same_shapes(m, n);
+    if (st != Q8_OK)
+        return st;
+    const q8_value *a = q8_in(m, n, 0), *y = q8_out(m, n);
     if (y->dtype != Q8_U8 && y->dtype != Q8_I8)
         return q8_node_error(n, Q8_ERR_FORMAT, "output (value %d) is %s, the op gives u8 or i8",
                              (int)n->out[0], q8_dtype_name(y->dtype));
@@ -68,7 +62,7 @@ static q8_status check(const q8_model *m, const q8_node *n)
         st = q8_check_multiplier(n, "out_multiplier", 0, n->attr[OUT_MULT], n->attr[OUT_SHIFT],
                                  mo);
     if (st == Q8_OK)
-        st = q8_check_clamp(n, n->attr[CLAMP_MIN], n->attr[CLAMP_MAX], y->dtype);
+        st = q8_check_out_clamp(m, n, CLAMP_MIN, CLAMP_MAX);
     return st;
 }
 

@@ -3,18 +3,20 @@
  *   acc    = sum over the window's positions inside the input of (x - zp_in)
  *   divide = divisor_override, or (count_include_pad ? the window clipped to the padded
  *            input : the number of positions inside the input)   (PyTorch avg_pool2d)
- *   y      = clamp(zp_out + round_half_even(acc * M0 / (divide * 2^shift)), qmin, qmax)
+ *   y      = clamp(zp_out + round_half_even(acc * M0 / (divide * 2^shift)), clamp_min,
+ *                  clamp_max)
  *
  * with M0 * 2^-shift = s_in / s_out (multiplier/shift attributes; the division by the
- * divisor is exact, see q8_rq_div). Padding counts as real 0 (zp_in). With the input's
- * qparams kept (PyTorch's default) this is exactly round_half_even(mean). PyTorch's NCHW
+ * divisor is exact, see q8_rq_div); the clamp defaults to the output dtype's range.
+ * Padding counts as real 0 (zp_in). With the input's qparams kept (PyTorch's default)
+ * this is exactly round_half_even(mean). PyTorch's NCHW
  * kernel rounds f32(acc) * f32(1/divide) in float instead, so an exact half (acc = 9,
  * divide = 6) can round the other way there. */
 #include "quantized/builder.h"
 
 
 enum { KERNEL_H, KERNEL_W, STRIDE_H, STRIDE_W, PAD_H, PAD_W, CEIL_MODE, COUNT_INCLUDE_PAD,
-       DIVISOR_OVERRIDE, MULT, SHIFT };
+       DIVISOR_OVERRIDE, MULT, SHIFT, CLAMP_MIN, CLAMP_MAX };
 static const q8_attr_spec attrs[] = {
     [KERNEL_H] = {"kernel_h", true, 0, 1, Q8_MAX_DIM},
     [KERNEL_W] = {"kernel_w", true, 0, 1, Q8_MAX_DIM},
@@ -27,6 +29,8 @@ static const q8_attr_spec attrs[] = {
     [DIVISOR_OVERRIDE] = {"divisor_override", false, 0, 0, Q8_MAX_WINDOW},
     [MULT] = {"multiplier", true, 0, 0, INT32_MAX},
     [SHIFT] = {"shift", true, 0, 0, 63},
+    [CLAMP_MIN] = {"clamp_min", false, Q8_DEF_OUT_QMIN, -128, 255},
+    [CLAMP_MAX] = {"clamp_max", false, Q8_DEF_OUT_QMAX, -128, 255},
 };
 
 static q8_status check(const q8_model *m, const q8_node *n)
@@ -34,7 +38,7 @@ static q8_status check(const q8_model *m, const q8_node *n)
     const int64_t *a = n->attr, dil[2] = {1, 1};
     int64_t out_hw[2];
     q8_status st = q8_check_pool(m, n, &a[KERNEL_H], &a[STRIDE_H], &a[PAD_H], dil,
-                                 a[CEIL_MODE] != 0, out_hw);
+                                 a[CEIL_MODE] != 0, false, out_hw);
     if (st != Q8_OK)
         return st;
     const q8_value *x = q8_in(m, n, 0), *y = q8_out(m, n);
@@ -46,6 +50,8 @@ static q8_status check(const q8_model *m, const q8_node *n)
     if (st == Q8_OK)
         st = q8_check_multiplier(n, "multiplier", 0, a[MULT], a[SHIFT],
                                  (double)x->scale / (double)y->scale);
+    if (st == Q8_OK)
+        st = q8_check_out_clamp(m, n, CLAMP_MIN, CLAMP_MAX);
     return st;
 }
 
@@ -91,8 +97,8 @@ static q8_status run(q8_model *m, const q8_node *n, int64_t batch)
         .kh = a[KERNEL_H], .kw = a[KERNEL_W], .sh = a[STRIDE_H], .sw = a[STRIDE_W],
         .ph = a[PAD_H], .pw = a[PAD_W], .include_pad = a[COUNT_INCLUDE_PAD],
         .divisor = a[DIVISOR_OVERRIDE], .mult = (int32_t)a[MULT], .shift = (int32_t)a[SHIFT],
-        .zi = x->zero_point, .zo = y->zero_point, .qmin = q8_qmin(y->dtype),
-        .qmax = q8_qmax(y->dtype), .dt = x->dtype,
+        .zi = x->zero_point, .zo = y->zero_point, .qmin = (int32_t)a[CLAMP_MIN],
+        .qmax = (int32_t)a[CLAMP_MAX], .dt = x->dtype,
     };
     int64_t planes = batch * x->shape[1], in_plane = args.h * args.w;
     int64_t out_plane = args.oh_n * args.ow_n;
@@ -137,30 +143,56 @@ int32_t q8_builder_avg_pool2d(q8_builder *b, const char *name, int32_t x, const 
         q8_builder_fail(b, Q8_ERR_ARG);
         return -1;
     }
-    q8_qparams qp = out ? *out : (q8_qparams){xv.dtype, xv.scale, xv.zero_point};
-    int64_t s[2], o[2];
-    for (int a = 0; a < 2; a++) {
-        s[a] = d->stride[a] > 0 ? d->stride[a] : d->kernel[a];
-        int64_t in = xv.ndim == 4 ? xv.shape[2 + a] : 1;
-        o[a] = q8_window_out_size(in, d->kernel[a], s[a], d->padding[a], 1, d->ceil_mode);
-        o[a] = o[a] > 0 ? o[a] : 1;
-    }
+    q8_qparams qp = out ? *out : (q8_qparams){xv.dtype, xv.scale, xv.zero_point, 0, 0};
+    int64_t o[2];
+    q8_pool_out_hw(&xv, d, false, o);
     int64_t shape[4] = {-1, xv.ndim == 4 ? xv.shape[1] : 1, o[0], o[1]};
     int32_t y = -1;
     int32_t node = q8_builder_node1(b, "avg_pool2d", name, &x, 1, qp.dtype, 4, shape, qp.scale,
                                     qp.zero_point, &y);
     if (node < 0)
         return -1;
+    q8_builder_avg_pool_attrs(b, node, d);
+    if (xv.dtype == Q8_U8 || xv.dtype == Q8_I8)
+        q8_builder_pool_ratio(b, node, xv.scale, qp.scale);
+    q8_builder_clamp_attrs(b, node, Q8_ACT_NONE, qp);
+    return q8_builder_done(b, node, y);
+}
+
+void q8_pool_out_hw(const q8_value *xv, const q8_pool2d_desc *d, bool dilated, int64_t out_hw[2])
+{
+    for (int a = 0; a < 2; a++) {
+        int64_t k = d->kernel[a] > 0 ? d->kernel[a] : 1;
+        int64_t s = d->stride[a] > 0 ? d->stride[a] : k;
+        int64_t dil = dilated && d->dilation[a] > 0 ? d->dilation[a] : 1;
+        int64_t in = xv->ndim == 4 ? xv->shape[2 + a] : 1;
+        int64_t o = q8_window_out_size(in, k, s, d->padding[a], dil, d->ceil_mode);
+        out_hw[a] = o > 0 ? o : 1;
+    }
+}
+
+/* The attributes every pool has. */
+static void pool_common_attrs(q8_builder *b, int32_t node, const q8_pool2d_desc *d)
+{
     q8_builder_set_attr(b, node, "kernel_h", d->kernel[0]);
     q8_builder_set_attr(b, node, "kernel_w", d->kernel[1]);
-    q8_builder_set_attr(b, node, "stride_h", s[0]);
-    q8_builder_set_attr(b, node, "stride_w", s[1]);
+    q8_builder_set_attr(b, node, "stride_h", d->stride[0] > 0 ? d->stride[0] : d->kernel[0]);
+    q8_builder_set_attr(b, node, "stride_w", d->stride[1] > 0 ? d->stride[1] : d->kernel[1]);
     q8_builder_set_attr(b, node, "pad_h", d->padding[0]);
     q8_builder_set_attr(b, node, "pad_w", d->padding[1]);
     q8_builder_set_attr(b, node, "ceil_mode", d->ceil_mode);
+}
+
+void q8_builder_max_pool_attrs(q8_builder *b, int32_t node, const q8_pool2d_desc *d)
+{
+    pool_common_attrs(b, node, d);
+    q8_builder_set_attr(b, node, "dilation_h", d->dilation[0] > 0 ? d->dilation[0] : 1);
+    q8_builder_set_attr(b, node, "dilation_w", d->dilation[1] > 0 ? d->dilation[1] : 1);
+}
+
+void q8_builder_avg_pool_attrs(q8_builder *b, int32_t node, const q8_pool2d_desc *d)
+{
+    pool_common_attrs(b, node, d);
     q8_builder_set_attr(b, node, "count_include_pad", d->count_include_pad);
     q8_builder_set_attr(b, node, "divisor_override", d->divisor_override);
-    if (xv.dtype == Q8_U8 || xv.dtype == Q8_I8)
-        q8_builder_pool_ratio(b, node, xv.scale, qp.scale);
-    return q8_builder_done(b, node, y);
 }

@@ -2,17 +2,20 @@
  * Each input is requantized to the output's qparams (PyTorch quantized::cat dequantizes
  * and quantizes in float; here integer-only):
  *
- *   y = clamp(zp_out + rq(x_i - zp_i, multiplier[i], shift[i]), qmin, qmax)
+ *   y = clamp(zp_out + rq(x_i - zp_i, multiplier[i], shift[i]), clamp_min, clamp_max)
  *
- * with M_i = s_i / s_out. An input with the output's dtype and qparams is copied. */
+ * with M_i = s_i / s_out; the clamp defaults to the output dtype's range. An input with
+ * the output's dtype and qparams is copied (clamped, if the range is narrower). */
 #include "quantized/builder.h"
 
 #include <inttypes.h>
 #include <stdlib.h>
 
-enum { DIM };
+enum { DIM, CLAMP_MIN, CLAMP_MAX };
 static const q8_attr_spec attrs[] = {
     [DIM] = {"dim", false, 1, 1, 1},
+    [CLAMP_MIN] = {"clamp_min", false, Q8_DEF_OUT_QMIN, -128, 255},
+    [CLAMP_MAX] = {"clamp_max", false, Q8_DEF_OUT_QMAX, -128, 255},
 };
 enum { MULTIPLIER, SHIFT };
 static const q8_const_spec consts[] = {
@@ -68,6 +71,8 @@ static q8_status check(const q8_model *m, const q8_node *n)
     for (int32_t i = 0; st == Q8_OK && i < n->n_in; i++)
         st = q8_check_multiplier(n, "multiplier", i, mult[i], shift[i],
                                  (double)q8_in(m, n, i)->scale / (double)y->scale);
+    if (st == Q8_OK)
+        st = q8_check_out_clamp(m, n, CLAMP_MIN, CLAMP_MAX);
     return st;
 }
 
@@ -76,13 +81,15 @@ static q8_status run(q8_model *m, const q8_node *n, int64_t batch)
     const q8_value *y = q8_out(m, n);
     uint8_t *yd = q8_value_data(m, n->out[0]); // (N, sum C_i, ...)
     const int32_t *mult = n->cst[MULTIPLIER].data, *shift = n->cst[SHIFT].data;
-    int32_t qmin = q8_qmin(y->dtype), qmax = q8_qmax(y->dtype);
+    int32_t lo = (int32_t)n->attr[CLAMP_MIN], hi = (int32_t)n->attr[CLAMP_MAX];
+    bool full = lo == q8_qmin(y->dtype) && hi == q8_qmax(y->dtype);
     int64_t offset = 0; /* elements of one output item before input i */
     for (int32_t i = 0; i < n->n_in; i++) {
         const q8_value *x = q8_in(m, n, i);
         const uint8_t *xd = q8_value_data(m, n->in[i]); // (N, C_i, ...)
         int64_t len = x->item_numel;
-        bool copy = x->dtype == y->dtype && x->scale == y->scale && x->zero_point == y->zero_point;
+        bool copy = full && x->dtype == y->dtype && x->scale == y->scale &&
+                    x->zero_point == y->zero_point;
 #pragma omp parallel for schedule(static) if (batch * len > 32768)
         for (int64_t b = 0; b < batch; b++) {
             const uint8_t *src = xd + b * len;
@@ -93,7 +100,7 @@ static q8_status run(q8_model *m, const q8_node *n, int64_t batch)
             }
             for (int64_t e = 0; e < len; e++)
                 dst[e] = q8_rq_byte(q8_load(src, e, x->dtype) - x->zero_point, mult[i], shift[i],
-                                    y->zero_point, qmin, qmax);
+                                    y->zero_point, lo, hi);
         }
         offset += len;
     }
@@ -146,5 +153,6 @@ int32_t q8_builder_cat(q8_builder *b, const char *name, const int32_t *xs, int32
     int64_t k_shape[1] = {n};
     q8_builder_add_constant(b, node, "multiplier", Q8_I32, 1, k_shape, mult);
     q8_builder_add_constant(b, node, "shift", Q8_I32, 1, k_shape, shift);
+    q8_builder_clamp_attrs(b, node, Q8_ACT_NONE, out);
     return q8_builder_done(b, node, y);
 }

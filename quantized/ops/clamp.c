@@ -19,7 +19,7 @@ static q8_status check(const q8_model *m, const q8_node *n)
     if (st == Q8_OK)
         st = q8_check_same_qparams(m, n, 0);
     if (st == Q8_OK)
-        st = q8_check_clamp(n, n->attr[CLAMP_MIN], n->attr[CLAMP_MAX], x->dtype);
+        st = q8_check_out_clamp(m, n, CLAMP_MIN, CLAMP_MAX);
     return st;
 }
 
@@ -54,6 +54,6 @@ int32_t q8_builder_clamp(q8_builder *b, const char *name, int32_t x, q8_act act)
     int32_t y = -1;
     int32_t node = q8_builder_node1(b, "clamp", name, &x, 1, xv.dtype, xv.ndim, xv.shape, xv.scale,
                                     xv.zero_point, &y);
-    q8_builder_clamp_attrs(b, node, act, (q8_qparams){xv.dtype, xv.scale, xv.zero_point});
+    q8_builder_clamp_attrs(b, node, act, (q8_qparams){xv.dtype, xv.scale, xv.zero_point, 0, 0});
     return q8_builder_done(b, node, y);
 }

@@ -141,7 +141,7 @@ static q8_status check(const q8_model *m, const q8_node *n)
     if (st == Q8_OK)
         st = q8_check_weight_consts(m, n, &wconsts, g.o);
     if (st == Q8_OK)
-        st = q8_check_clamp(n, n->attr[CLAMP_MIN], n->attr[CLAMP_MAX], y->dtype);
+        st = q8_check_out_clamp(m, n, CLAMP_MIN, CLAMP_MAX);
     return st;
 }
 
@@ -399,6 +399,47 @@ const q8_op_def q8_op_conv2d = {
 
 static int64_t or1(int64_t v) { return v > 0 ? v : 1; }
 
+void q8_conv_out_shape(const q8_value *xv, const q8_conv2d_desc *d, int64_t shape[4])
+{
+    bool rank4 = xv->ndim == 4;
+    int64_t h = rank4 ? xv->shape[2] : 1, w = rank4 ? xv->shape[3] : 1;
+    int64_t oh = q8_window_out_size(h, d->kernel[0], or1(d->stride[0]), d->padding[0],
+                                    or1(d->dilation[0]), false);
+    int64_t ow = q8_window_out_size(w, d->kernel[1], or1(d->stride[1]), d->padding[1],
+                                    or1(d->dilation[1]), false);
+    shape[0] = -1;
+    shape[1] = or1(d->out_channels);
+    shape[2] = or1(oh);
+    shape[3] = or1(ow);
+}
+
+q8_status q8_builder_conv_attrs(q8_builder *b, int32_t node, const q8_value *xv,
+                                const q8_conv2d_desc *d, int64_t wshape[4])
+{
+    int64_t groups = or1(d->groups), c = xv->ndim == 4 ? xv->shape[1] : 1;
+    if (xv->ndim != 4 || c % groups != 0 || d->out_channels < 1 ||
+        d->out_channels % groups != 0 || d->kernel[0] < 1 || d->kernel[1] < 1) {
+        q8_builder_node_fail(b, node, Q8_ERR_SHAPE,
+                             "input of rank %d with %" PRId64 " channels, %" PRId64
+                             " output channels, kernel %" PRId64 "x%" PRId64
+                             " and groups = %" PRId64 " do not make a conv2d",
+                             (int)xv->ndim, c, d->out_channels, d->kernel[0], d->kernel[1],
+                             groups);
+        return q8_builder_status(b);
+    }
+    wshape[0] = d->out_channels;
+    wshape[1] = c / groups;
+    wshape[2] = d->kernel[0];
+    wshape[3] = d->kernel[1];
+    q8_builder_set_attr(b, node, "stride_h", or1(d->stride[0]));
+    q8_builder_set_attr(b, node, "stride_w", or1(d->stride[1]));
+    q8_builder_set_attr(b, node, "pad_h", d->padding[0]);
+    q8_builder_set_attr(b, node, "pad_w", d->padding[1]);
+    q8_builder_set_attr(b, node, "dilation_h", or1(d->dilation[0]));
+    q8_builder_set_attr(b, node, "dilation_w", or1(d->dilation[1]));
+    return q8_builder_set_attr(b, node, "groups", groups);
+}
+
 int32_t q8_builder_conv2d(q8_builder *b, const char *name, int32_t x, const q8_conv2d_desc *d,
                           const q8_weights *w, q8_qparams out, q8_act act)
 {
@@ -410,14 +451,8 @@ int32_t q8_builder_conv2d(q8_builder *b, const char *name, int32_t x, const q8_c
         q8_builder_fail(b, Q8_ERR_ARG);
         return -1;
     }
-    int64_t groups = or1(d->groups), sh = or1(d->stride[0]), sw = or1(d->stride[1]);
-    int64_t dh = or1(d->dilation[0]), dw = or1(d->dilation[1]);
-    int64_t c = xv.ndim == 4 ? xv.shape[1] : 1, h = xv.ndim == 4 ? xv.shape[2] : 1;
-    int64_t wd = xv.ndim == 4 ? xv.shape[3] : 1;
-    /* A best-effort output shape: if the geometry is wrong, check() below names it. */
-    int64_t oh = q8_window_out_size(h, d->kernel[0], sh, d->padding[0], dh, false);
-    int64_t ow = q8_window_out_size(wd, d->kernel[1], sw, d->padding[1], dw, false);
-    int64_t shape[4] = {-1, or1(d->out_channels), or1(oh), or1(ow)};
+    int64_t shape[4], wshape[4];
+    q8_conv_out_shape(&xv, d, shape);
     int32_t y = -1;
     int32_t node = q8_builder_node1(b, "conv2d", name, &x, 1, out.dtype, 4, shape, out.scale,
                                     out.zero_point, &y);
@@ -426,22 +461,8 @@ int32_t q8_builder_conv2d(q8_builder *b, const char *name, int32_t x, const q8_c
     if (xv.dtype != Q8_U8 && xv.dtype != Q8_I8)
         return q8_builder_node_fail(b, node, Q8_ERR_FORMAT, "input (value %d) is %s, conv2d needs "
                                     "u8 or i8", (int)x, q8_dtype_name(xv.dtype));
-    if (xv.ndim != 4 || c % groups != 0 || d->out_channels < 1 || d->out_channels % groups != 0 ||
-        d->kernel[0] < 1 || d->kernel[1] < 1)
-        return q8_builder_node_fail(b, node, Q8_ERR_SHAPE,
-                                    "input of rank %d with %" PRId64 " channels, %" PRId64
-                                    " output channels, kernel %" PRId64 "x%" PRId64
-                                    " and groups = %" PRId64 " do not make a conv2d",
-                                    (int)xv.ndim, c, d->out_channels, d->kernel[0], d->kernel[1],
-                                    groups);
-    int64_t wshape[4] = {d->out_channels, c / groups, d->kernel[0], d->kernel[1]};
-    q8_builder_set_attr(b, node, "stride_h", sh);
-    q8_builder_set_attr(b, node, "stride_w", sw);
-    q8_builder_set_attr(b, node, "pad_h", d->padding[0]);
-    q8_builder_set_attr(b, node, "pad_w", d->padding[1]);
-    q8_builder_set_attr(b, node, "dilation_h", dh);
-    q8_builder_set_attr(b, node, "dilation_w", dw);
-    q8_builder_set_attr(b, node, "groups", groups);
+    if (q8_builder_conv_attrs(b, node, &xv, d, wshape) != Q8_OK)
+        return -1;
     q8_builder_clamp_attrs(b, node, act, out);
     q8_builder_add_constant(b, node, "weight", Q8_I8, 4, wshape, w->data);
     if (q8_builder_status(b) == Q8_OK)

@@ -3,8 +3,10 @@
  *   table[i] = quantize_out(h(s_in * (q - zp_in))),  h(v) = v * min(max(v + 3, 0), 6) / 6
  *
  * in float32 with PyTorch's scalar formulas (qhardswish_kernel: dequantize_val, then
- * hardswish, then quantize_val), q = i for u8 inputs and q = i - 128 for i8 inputs. The
- * table's dtype is the output's. A reader needs no float math: it only indexes. */
+ * hardswish, then quantize_val), q = i for u8 inputs and q = i - 128 for i8 inputs, then
+ * clamped to the output's clamp range (q8_qparams; the table carries it, the node has
+ * no clamp attributes). The table's dtype is the output's. A reader needs no float math:
+ * it only indexes. */
 #include "quantized/builder.h"
 
 enum { TABLE };
@@ -55,6 +57,8 @@ const q8_op_def q8_op_hardswish = {
 void q8_hardswish_table(q8_qparams in, q8_qparams out, uint8_t table[256])
 {
     float inv = 1.0f / out.scale;
+    int32_t lo = 0, hi = 0;
+    Q8_ASSERT(q8_qparams_range(out, &lo, &hi) == Q8_OK);
     for (int i = 0; i < 256; i++) {
         int32_t q = in.dtype == Q8_I8 ? i - 128 : i;
         float v = in.scale * (float)(q - in.zero_point);
@@ -62,8 +66,7 @@ void q8_hardswish_table(q8_qparams in, q8_qparams out, uint8_t table[256])
         r = r < 0.0f ? 0.0f : r;
         r = r > 6.0f ? 6.0f : r;
         float h = v * r / 6.0f;
-        table[i] = (uint8_t)q8_quantize_inv(h, inv, out.zero_point, q8_qmin(out.dtype),
-                                            q8_qmax(out.dtype));
+        table[i] = (uint8_t)q8_quantize_inv(h, inv, out.zero_point, lo, hi);
     }
 }
 
@@ -75,11 +78,15 @@ int32_t q8_builder_hardswish(q8_builder *b, const char *name, int32_t x, q8_qpar
     int32_t y = -1;
     int32_t node = q8_builder_node1(b, "hardswish", name, &x, 1, out.dtype, xv.ndim, xv.shape,
                                     out.scale, out.zero_point, &y);
+    int32_t lo = 0, hi = 0;
+    if (node >= 0 && (out.dtype == Q8_U8 || out.dtype == Q8_I8) &&
+        q8_qparams_range(out, &lo, &hi) != Q8_OK)
+        return q8_builder_node_fail_last(b, node);
     if (node >= 0 && (xv.dtype == Q8_U8 || xv.dtype == Q8_I8) &&
         (out.dtype == Q8_U8 || out.dtype == Q8_I8)) {
         uint8_t table[256];
         int64_t t_shape[1] = {256};
-        q8_hardswish_table((q8_qparams){xv.dtype, xv.scale, xv.zero_point}, out, table);
+        q8_hardswish_table((q8_qparams){xv.dtype, xv.scale, xv.zero_point, 0, 0}, out, table);
         q8_builder_add_constant(b, node, "table", out.dtype, 1, t_shape, table);
     }
     return q8_builder_done(b, node, y);

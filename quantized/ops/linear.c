@@ -59,7 +59,7 @@ static q8_status check(const q8_model *m, const q8_node *n)
     if (st == Q8_OK)
         st = q8_check_weight_consts(m, n, &wconsts, w->shape[0]);
     if (st == Q8_OK)
-        st = q8_check_clamp(n, n->attr[CLAMP_MIN], n->attr[CLAMP_MAX], y->dtype);
+        st = q8_check_out_clamp(m, n, CLAMP_MIN, CLAMP_MAX);
     return st;
 }
 

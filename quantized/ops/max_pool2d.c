@@ -22,7 +22,7 @@ static q8_status check(const q8_model *m, const q8_node *n)
     const int64_t *a = n->attr;
     int64_t out_hw[2];
     q8_status st = q8_check_pool(m, n, &a[KERNEL_H], &a[STRIDE_H], &a[PAD_H], &a[DIL_H],
-                                 a[CEIL_MODE] != 0, out_hw);
+                                 a[CEIL_MODE] != 0, false, out_hw);
     if (st != Q8_OK)
         return st;
     const q8_value *x = q8_in(m, n, 0);
@@ -95,28 +95,12 @@ int32_t q8_builder_max_pool2d(q8_builder *b, const char *name, int32_t x, const 
         q8_builder_fail(b, Q8_ERR_ARG);
         return -1;
     }
-    int64_t k[2], s[2], dil[2], o[2];
-    for (int a = 0; a < 2; a++) {
-        k[a] = d->kernel[a];
-        s[a] = d->stride[a] > 0 ? d->stride[a] : k[a];
-        dil[a] = d->dilation[a] > 0 ? d->dilation[a] : 1;
-        int64_t in = xv.ndim == 4 ? xv.shape[2 + a] : 1;
-        o[a] = q8_window_out_size(in, k[a] > 0 ? k[a] : 1, s[a] > 0 ? s[a] : 1, d->padding[a],
-                                  dil[a], d->ceil_mode);
-        o[a] = o[a] > 0 ? o[a] : 1;
-    }
+    int64_t o[2];
+    q8_pool_out_hw(&xv, d, true, o);
     int64_t shape[4] = {-1, xv.ndim == 4 ? xv.shape[1] : 1, o[0], o[1]};
     int32_t y = -1;
     int32_t node = q8_builder_node1(b, "max_pool2d", name, &x, 1, xv.dtype, 4, shape, xv.scale,
                                     xv.zero_point, &y);
-    q8_builder_set_attr(b, node, "kernel_h", k[0]);
-    q8_builder_set_attr(b, node, "kernel_w", k[1]);
-    q8_builder_set_attr(b, node, "stride_h", s[0]);
-    q8_builder_set_attr(b, node, "stride_w", s[1]);
-    q8_builder_set_attr(b, node, "pad_h", d->padding[0]);
-    q8_builder_set_attr(b, node, "pad_w", d->padding[1]);
-    q8_builder_set_attr(b, node, "dilation_h", dil[0]);
-    q8_builder_set_attr(b, node, "dilation_w", dil[1]);
-    q8_builder_set_attr(b, node, "ceil_mode", d->ceil_mode);
+    q8_builder_max_pool_attrs(b, node, d);
     return q8_builder_done(b, node, y);
 }

@@ -23,7 +23,7 @@ static q8_status check(const q8_model *m, const q8_node *n)
     double real = (double)a->scale * (double)b->scale / (double)y->scale;
     st = q8_check_multiplier(n, "multiplier", 0, n->attr[MULT], n->attr[SHIFT], real);
     if (st == Q8_OK)
-        st = q8_check_clamp(n, n->attr[CLAMP_MIN], n->attr[CLAMP_MAX], y->dtype);
+        st = q8_check_out_clamp(m, n, CLAMP_MIN, CLAMP_MAX);
     return st;
 }
 
