@@ -312,16 +312,36 @@ static void grad_pass(ag_ctx *ctx, ag_node *n, int i, float sign)
         dt[j] += sign * g[j];
 }
 
+/* da += g, db += sign_b g. When neither operand was broadcast, both in one pass: one
+ * parallel region instead of two (each costs ~30 us of wake-up under the passive wait
+ * policy cqat runs with) and one read of g. a and b may be the same tensor. */
+static void add_sub_backward(ag_ctx *ctx, ag_node *n, float sign_b)
+{
+    ag_tensor *a = n->src[0], *b = n->src[1], *y = n->out;
+    if (a->numel != y->numel || b->numel != y->numel) {
+        grad_pass(ctx, n, 0, 1.0f);
+        grad_pass(ctx, n, 1, sign_b);
+        return;
+    }
+    float *da = ag_grad(ctx, a), *db = ag_grad(ctx, b);
+    const float *g = y->grad;
+#pragma omp parallel for if (y->numel > PAR_MIN)
+    for (int64_t j = 0; j < y->numel; j++) {
+        if (da)
+            da[j] += g[j];
+        if (db)
+            db[j] += sign_b * g[j];
+    }
+}
+
 void ag_add_backward(ag_ctx *ctx, ag_node *n)
 {
-    grad_pass(ctx, n, 0, 1.0f);
-    grad_pass(ctx, n, 1, 1.0f);
+    add_sub_backward(ctx, n, 1.0f);
 }
 
 void ag_sub_backward(ag_ctx *ctx, ag_node *n)
 {
-    grad_pass(ctx, n, 0, 1.0f);
-    grad_pass(ctx, n, 1, -1.0f); /* torch: -grad */
+    add_sub_backward(ctx, n, -1.0f); /* torch: -grad */
 }
 
 /* dt += sum_to(g (f) o), f = mul or div, o the operand other than t. */

@@ -164,39 +164,138 @@ static void max_pool_plane(const float *x, float *y, int32_t *idx, const pool_ge
     }
 }
 
-/* The same for kernel 2, stride 2, no padding (MaxPool2d(2), the common case): cells
- * a b / c d, scanned a, b, c, d with the same tie and NaN rule. Written as selects
- * (`|`, not `||`) so that GCC vectorises across output columns: random data makes
- * each comparison a coin flip, which as a branch costs more than the whole loop. */
+/* Kernel 2, stride 2, no padding (MaxPool2d(2), the common case) has a path of its own,
+ * which records the argmax as the window offset k (0..3 for cells a b / c d) in one
+ * byte instead of an int32 plane index: a quarter of the index memory and traffic. */
+static bool max_pool_is_2x2(const pool_geom *g)
+{
+    return g->kh == 2 && g->kw == 2 && g->sh == 2 && g->sw == 2 && g->ph == 0 && g->pw == 0;
+}
+
+/* One plane, cells a b / c d scanned a, b, c, d with the same tie and NaN rule as
+ * max_pool_plane. Written as selects (`|`, not `||`) so that GCC vectorises across
+ * output columns: random data makes each comparison a coin flip, which as a branch
+ * costs more than the whole loop. */
 static void max_pool_2x2_plane(const float *restrict x, float *restrict y,
-                               int32_t *restrict idx, const pool_geom *g)
+                               uint8_t *restrict idx, const pool_geom *g)
 {
     const int32_t iw = (int32_t)g->iw, ow_n = (int32_t)g->ow; /* a plane fits int32 */
     for (int32_t oh = 0; oh < (int32_t)g->oh; oh++) {
         const float *top = x + 2 * oh * iw; /* (iw) */
         const float *bot = top + iw;        /* (iw) */
         float *yr = y + oh * ow_n;          /* (ow) */
-        int32_t *ir = idx ? idx + oh * ow_n : NULL;
+        uint8_t *ir = idx ? idx + oh * ow_n : NULL;
         for (int32_t ow = 0; ow < ow_n; ow++) {
-            int32_t ia = 2 * oh * iw + 2 * ow; /* index of a in the plane */
             float a = top[2 * ow], b = top[2 * ow + 1];
             float c = bot[2 * ow], d = bot[2 * ow + 1];
             float m = a;
-            int32_t k = ia;
+            uint8_t k = 0;
             bool t = (b > m) | isnan(b);
             m = t ? b : m;
-            k = t ? ia + 1 : k;
+            k = t ? 1 : k;
             t = (c > m) | isnan(c);
             m = t ? c : m;
-            k = t ? ia + iw : k;
+            k = t ? 2 : k;
             t = (d > m) | isnan(d);
             m = t ? d : m;
-            k = t ? ia + iw + 1 : k;
+            k = t ? 3 : k;
             yr[ow] = m;
             if (ir)
                 ir[ow] = k;
         }
     }
+}
+
+/* Its backward: the gradient of output (oh, ow) goes to cell k of its window. */
+static void max_pool_2x2_plane_backward(float *restrict dx, const float *restrict dy,
+                                        const uint8_t *restrict idx, const pool_geom *g)
+{
+    for (int64_t oh = 0; oh < g->oh; oh++) {
+        float *top = dx + 2 * oh * g->iw, *bot = top + g->iw; /* (iw) each */
+        const uint8_t *kr = idx + oh * g->ow;
+        const float *dr = dy + oh * g->ow;
+        for (int64_t ow = 0; ow < g->ow; ow++)
+            ((kr[ow] & 2 ? bot : top) + 2 * ow)[kr[ow] & 1] += dr[ow];
+    }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define POOL_AVX512 1
+#include <immintrin.h>
+#define AVX512 __attribute__((target("avx512f")))
+
+/* The forward sixteen output columns at a time with AVX-512: 2.5-4x faster than the
+ * SSE2 code the compiler makes for the baseline x86-64 target on refcnn's 14- and 7-wide
+ * rows, where its vector loop barely starts. (The backward stays scalar: written the
+ * same way, its masked stores of one row and loads of the next overlap, and on this
+ * AMD CPU every such load waits for the store to retire; 3x slower than the scatter.) */
+static inline AVX512 __mmask16 lanes_below(int64_t n)
+{
+    return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n > 0 ? n : 0)) - 1u);
+}
+
+/* One step of the scan: cell v (offset code) takes over if greater or NaN. */
+static inline AVX512 void scan_cell(__m512 v, int code, __m512 *m, __m512i *k)
+{
+    __mmask16 take =
+        _mm512_cmp_ps_mask(v, *m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    *m = _mm512_mask_blend_ps(take, *m, v);
+    *k = _mm512_mask_blend_epi32(take, *k, _mm512_set1_epi32(code));
+}
+
+static AVX512 void max_pool_2x2_plane_avx512(const float *x, float *y, uint8_t *idx,
+                                             const pool_geom *g)
+{
+    const __m512i even =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    for (int64_t oh = 0; oh < g->oh; oh++)
+        for (int64_t o0 = 0; o0 < g->ow; o0 += 16) {
+            int64_t n = g->ow - o0 < 16 ? g->ow - o0 : 16; // outputs; inputs 2n
+            __mmask16 m0 = lanes_below(2 * n), m1 = lanes_below(2 * n - 16);
+            const float *top = x + 2 * oh * g->iw + 2 * o0, *bot = top + g->iw;
+            __m512 t0 = _mm512_maskz_loadu_ps(m0, top),
+                   t1 = _mm512_maskz_loadu_ps(m1, top + 16);
+            __m512 b0 = _mm512_maskz_loadu_ps(m0, bot),
+                   b1 = _mm512_maskz_loadu_ps(m1, bot + 16);
+            __m512 m = _mm512_permutex2var_ps(t0, even, t1);
+            __m512i k = _mm512_setzero_si512();
+            scan_cell(_mm512_permutex2var_ps(t0, odd, t1), 1, &m, &k);
+            scan_cell(_mm512_permutex2var_ps(b0, even, b1), 2, &m, &k);
+            scan_cell(_mm512_permutex2var_ps(b0, odd, b1), 3, &m, &k);
+            _mm512_mask_storeu_ps(y + oh * g->ow + o0, lanes_below(n), m);
+            if (idx)
+                _mm512_mask_cvtepi32_storeu_epi8(idx + oh * g->ow + o0, lanes_below(n), k);
+        }
+}
+
+#else
+#define POOL_AVX512 0
+#endif
+
+static bool pool_avx512(void)
+{
+#if POOL_AVX512
+    return __builtin_cpu_supports("avx512f");
+#else
+    return false;
+#endif
+}
+
+/* One plane of max_pool2d: y, and the argmax (idx, NULL when backward does not need it):
+ * int32 plane indices in general, window offsets (uint8) for 2x2. */
+static void max_pool_plane_any(const float *x, float *y, void *idx, const pool_geom *g,
+                               bool avx512)
+{
+    if (!max_pool_is_2x2(g))
+        max_pool_plane(x, y, idx, g);
+#if POOL_AVX512
+    else if (avx512)
+        max_pool_2x2_plane_avx512(x, y, idx, g);
+#endif
+    else
+        max_pool_2x2_plane(x, y, idx, g);
+    (void)avx512;
 }
 
 ag_tensor *ag_max_pool2d(ag_ctx *ctx, ag_tensor *x, const ag_pool2d_args *args)
@@ -215,25 +314,22 @@ ag_tensor *ag_max_pool2d(ag_ctx *ctx, ag_tensor *x, const ag_pool2d_args *args)
     ag_tensor *y = pool_output(ctx, x, g.oh, g.ow); /* (N, C, oh, ow) */
     if (!y)
         return NULL;
-    /* argmax per output cell, an index into its input plane; only when backward needs it */
-    int32_t *idx = NULL; /* (N, C, oh, ow) */
+    /* argmax per output cell (see max_pool_plane_any); only when backward needs it */
+    size_t idx_size = max_pool_is_2x2(&g) ? sizeof(uint8_t) : sizeof(int32_t);
+    char *idx = NULL; /* (N, C, oh, ow) */
     if (ag_op_needs_record(ctx, &x, 1)) {
-        idx = ag_ctx_alloc(ctx, (size_t)y->numel * sizeof *idx);
+        idx = ag_ctx_alloc(ctx, (size_t)y->numel * idx_size);
         if (!idx)
             return NULL;
     }
-    bool fast = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0;
     int64_t in_plane = g.ih * g.iw, out_plane = g.oh * g.ow;
     const float *xd = x->data;
     float *yd = y->data;
+    bool avx512 = pool_avx512();
 #pragma omp parallel for if (y->numel * g.kh * g.kw > POOL_PAR_WORK) schedule(static)
-    for (int64_t p = 0; p < g.planes; p++) {
-        int32_t *ip = idx ? idx + p * out_plane : NULL;
-        if (fast)
-            max_pool_2x2_plane(xd + p * in_plane, yd + p * out_plane, ip, &g);
-        else
-            max_pool_plane(xd + p * in_plane, yd + p * out_plane, ip, &g);
-    }
+    for (int64_t p = 0; p < g.planes; p++)
+        max_pool_plane_any(xd + p * in_plane, yd + p * out_plane,
+                           idx ? idx + (size_t)(p * out_plane) * idx_size : NULL, &g, avx512);
     ag_node *n = ag_op_record(ctx, AG_OP_MAX_POOL2D, y, &x, 1);
     if (n && ag_op_recorded(n, y)) {
         pool_geom_save(n, &g);
@@ -249,16 +345,20 @@ void ag_max_pool2d_backward(ag_ctx *ctx, ag_node *n)
     if (!dx)
         return;
     pool_geom g = pool_geom_of(n);
-    const int32_t *idx = n->saved;   /* (N, C, oh, ow) */
-    const float *dy = n->out->grad;  /* (N, C, oh, ow) */
+    const float *dy = n->out->grad; /* (N, C, oh, ow) */
     int64_t in_plane = g.ih * g.iw, out_plane = g.oh * g.ow;
+    const bool by_offset = max_pool_is_2x2(&g);
 #pragma omp parallel for if (n->out->numel > POOL_PAR_WORK) schedule(static)
     for (int64_t p = 0; p < g.planes; p++) {
         float *dxp = dx + p * in_plane;
         const float *dyp = dy + p * out_plane;
-        const int32_t *ip = idx + p * out_plane;
-        for (int64_t o = 0; o < out_plane; o++)
-            dxp[ip[o]] += dyp[o];
+        if (!by_offset) {
+            const int32_t *ip = (const int32_t *)n->saved + p * out_plane; /* (oh, ow) */
+            for (int64_t o = 0; o < out_plane; o++)
+                dxp[ip[o]] += dyp[o];
+            continue;
+        }
+        max_pool_2x2_plane_backward(dxp, dyp, (const uint8_t *)n->saved + p * out_plane, &g);
     }
 }
 

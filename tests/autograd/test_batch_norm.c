@@ -295,6 +295,40 @@ START_TEST(batch_norm_4d_grad_eval_no_affine)
 }
 END_TEST
 
+/* The same over planes of 9 x 11 = 99 values, which batch_norm.c sums in vectors of 16
+ * lanes (six of them and three values left over) around the shifted first value. */
+START_TEST(batch_norm_variance_stays_accurate_under_a_large_mean_in_wide_planes)
+{
+    enum { N = 4, C = 2, HW = 99 };
+    ag_ctx *ctx = ag_ctx_new();
+    ag_tensor *x = tu_rand(4, AG_SHAPE(N, C, 9, 11), -0.01f, 0.01f, 6, false);
+    for (int i = 0; i < N * C * HW; i++)
+        x->data[i] += 1000.0f;
+    ag_tensor *rm, *rv;
+    fresh_running_stats(C, &rm, &rv);
+    ag_batch_norm_args args = {.training = true, .momentum = 1.0f, .eps = 0.0f};
+    ck_assert_ptr_nonnull(ag_batch_norm(ctx, x, NULL, NULL, rm, rv, &args));
+    for (int c = 0; c < C; c++) {
+        double s = 0.0, ss = 0.0;
+        for (int n = 0; n < N; n++)
+            for (int k = 0; k < HW; k++)
+                s += x->data[(n * C + c) * HW + k];
+        for (int n = 0; n < N; n++)
+            for (int k = 0; k < HW; k++) {
+                double u = x->data[(n * C + c) * HW + k] - s / (N * HW);
+                ss += u * u;
+            }
+        double var = ss / (N * HW - 1);
+        ck_assert_double_eq_tol(rv->data[c], var, 1e-4 * var);
+        ck_assert_double_eq_tol(rm->data[c], s / (N * HW), 1e-4);
+    }
+    ag_tensor_free(x);
+    ag_tensor_free(rm);
+    ag_tensor_free(rv);
+    ag_ctx_free(ctx);
+}
+END_TEST
+
 /* With g = 1 everywhere the training-mode dx vanishes (the mean absorbs a constant
  * shift) while db counts the M values of each channel; g = xhat gives dw = M. Large
  * enough to run channels in parallel. */
@@ -440,6 +474,7 @@ Suite *make_suite(void)
     tcase_add_test(tc, batch_norm_without_running_stats_uses_batch_stats);
     tcase_add_test(tc, batch_norm_4d_matches_a_double_reference);
     tcase_add_test(tc, batch_norm_variance_stays_accurate_under_a_large_mean);
+    tcase_add_test(tc, batch_norm_variance_stays_accurate_under_a_large_mean_in_wide_planes);
     tcase_add_test(tc, batch_norm_2d_grad_training_affine);
     tcase_add_test(tc, batch_norm_2d_grad_training_no_affine_no_running_stats);
     tcase_add_test(tc, batch_norm_2d_grad_eval_affine);

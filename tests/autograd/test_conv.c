@@ -225,6 +225,33 @@ START_TEST(conv2d_matches_direct_convolution)
 }
 END_TEST
 
+/* Stride-1 shapes that reach every edge of the register tiles of conv.c's direct path
+ * (taken on CPUs with AVX-512; elsewhere these run the general path): channel tiles
+ * of 32 and of 16 + a remainder of channels, rows cut into 14 + 6 columns; position
+ * tiles with 3 + 3 + 1 and 3 + 2 rows, 16 + 3 columns and fewer channels than a tile;
+ * weight-gradient tiles with 12 + 6 taps; groups and dilation on both tile kinds, and
+ * the input gradient as a convolution of dY with more or fewer channels than 16. */
+/* clang-format off */
+static const conv_case tile_cases[] = {
+    /* name                               n   c  h   w   o kh kw  stride  padding dilation g  bias */
+    {"channel tiles, 37 out, 20 wide",    2, 20, 5, 20, 37, 3, 3, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
+    {"channel tiles, groups 2, dil 2",    2,  8, 7,  9, 40, 3, 3, {{1, 1}, {2, 2}, {2, 2}, 2}, false},
+    {"channel tiles, 5x5, 16 out",        3,  2, 6,  6, 16, 5, 5, {{1, 1}, {2, 1}, {1, 1}, 1}, true},
+    {"position tiles, 7 rows, 19 wide",   1,  2, 7, 19,  5, 3, 3, {{1, 1}, {1, 1}, {1, 1}, 1}, true},
+    {"position tiles, 5 rows, 1x3",       3,  3, 5,  8, 12, 1, 3, {{1, 1}, {0, 1}, {1, 1}, 1}, false},
+    {"position tiles, groups 3",          2,  6, 5,  5,  9, 3, 3, {{1, 1}, {1, 1}, {1, 1}, 3}, true},
+};
+/* clang-format on */
+
+START_TEST(conv2d_direct_tiles_match_direct_convolution)
+{
+    int before = ag_num_threads();
+    ag_set_num_threads(2);
+    check_against_reference(&tile_cases[_i], 900 + (uint64_t)_i * 10);
+    ag_set_num_threads(before);
+}
+END_TEST
+
 /* ---- gradients by finite differences ------------------------------------------- */
 
 static ag_tensor *conv_fn(ag_ctx *ctx, ag_tensor *const *in, void *user)
@@ -451,6 +478,8 @@ Suite *make_suite(void)
     tcase_add_test(tv, conv2d_sums_windows_by_hand);
     tcase_add_test(tv, conv2d_null_args_mean_torch_defaults);
     tcase_add_loop_test(tv, conv2d_matches_direct_convolution, 0, N_CASES);
+    tcase_add_loop_test(tv, conv2d_direct_tiles_match_direct_convolution, 0,
+                        (int)(sizeof tile_cases / sizeof tile_cases[0]));
     tcase_add_test(tv, conv2d_threaded_paths_match_direct_convolution);
     tcase_add_test(tv, conv2d_backward_accumulates_into_existing_grads);
     tcase_add_test(tv, conv2d_computes_only_the_grads_needed);

@@ -215,6 +215,32 @@ START_TEST(max_pool2d_fast_path_matches_a_plain_reference)
 }
 END_TEST
 
+/* Rows of 18 outputs (a vector of 16 and 2 more) from 37 columns (the last dropped),
+ * and 7 rows (the last dropped): every edge of the 2x2 path's vector loop. */
+START_TEST(max_pool2d_fast_path_matches_a_plain_reference_on_wide_odd_rows)
+{
+    ag_ctx *ctx = ag_ctx_new();
+    ag_tensor *x = tu_rand(4, AG_SHAPE(3, 5, 7, 37), -1, 1, 12, true);
+    ag_pool2d_args a = pool_args(2, 2, 2, 2, 0, 0, false);
+    ag_tensor *y = ag_max_pool2d(ctx, x, &a);
+    assert_shape(y, 3, 5, 3, 18);
+    float *seed = malloc((size_t)y->numel * sizeof *seed);
+    for (int64_t i = 0; i < y->numel; i++)
+        seed[i] = (float)(i % 7) - 3.0f;
+    ck_assert_int_eq(ag_backward_seeded(ctx, y, seed), AG_OK);
+    float *want_y = malloc((size_t)y->numel * sizeof *want_y);
+    float *want_dx = malloc((size_t)x->numel * sizeof *want_dx);
+    max_pool_2x2_reference(x, seed, want_y, want_dx);
+    assert_values(y->data, want_y, y->numel, 0, "max_pool2d");
+    assert_values(x->grad, want_dx, x->numel, 0, "max_pool2d grad");
+    free(seed);
+    free(want_y);
+    free(want_dx);
+    ag_tensor_free(x);
+    ag_ctx_free(ctx);
+}
+END_TEST
+
 /* Distinct values 0.01 apart, shuffled: a +-eps step never changes a window's argmax. */
 static ag_tensor *spaced_rand(int32_t ndim, const int64_t *shape, uint64_t seed)
 {
@@ -531,6 +557,7 @@ Suite *make_suite(void)
     tcase_add_test(max, max_pool2d_propagates_nan_and_the_last_nan_takes_the_grad);
     tcase_add_test(max, max_pool2d_2x2_drops_the_odd_last_row_and_column);
     tcase_add_test(max, max_pool2d_fast_path_matches_a_plain_reference);
+    tcase_add_test(max, max_pool2d_fast_path_matches_a_plain_reference_on_wide_odd_rows);
     tcase_add_test(max, max_pool2d_gradcheck_k3_s2_p1_batch_3_and_1);
     tcase_add_test(max, max_pool2d_gradcheck_fast_path_and_rectangular_kernel);
     suite_add_tcase(s, max);
