@@ -14,6 +14,7 @@
 #include "nn/zoo.h"
 #include "qat/qat.h"
 #include "qat/qconfig.h"
+#include "qat/modules/modules_impl.h"
 
 #define GOLDEN CQAT_TEST_DATA_DIR "/qat_modules_golden.h5"
 
@@ -1017,6 +1018,124 @@ static nn_module *golden_refcnn(hid_t g, qat_qconfig_map *map)
     return m;
 }
 
+/* ---- the fused ConvBn tail (qat/modules/bn_tail.c) against the op chain ------------- */
+
+typedef struct tail_case {
+    bool relu, bias, training;
+} tail_case;
+
+typedef struct tail_run {
+    ag_tensor *out;                         // (N, C, H, W), the step's arena
+    float dconv[3 * 5 * 4 * 7], dgamma[5], dbeta[5], dbias[5];
+    float running_mean[5], running_var[5];
+    int64_t batches;
+} tail_run;
+
+/* A BatchNorm2d(5) with gamma of both signs, running stats away from 0 / 1. */
+static nn_batch_norm *tail_bn(bool training)
+{
+    nn_batch_norm *bn = (nn_batch_norm *)nn_batch_norm2d_new(5);
+    ck_assert_ptr_nonnull(bn);
+    ag_rng rng;
+    ag_rng_seed(&rng, 11, 3);
+    for (int c = 0; c < 5; c++) {
+        bn->weight->data[c] = (c % 2 ? -1.0f : 1.0f) * ag_rng_uniform_range(&rng, 0.5f, 2.0f);
+        bn->bias->data[c] = ag_rng_uniform_range(&rng, -1.0f, 1.0f);
+        bn->running_mean->data[c] = ag_rng_uniform_range(&rng, -0.5f, 0.5f);
+        bn->running_var->data[c] = ag_rng_uniform_range(&rng, 0.5f, 3.0f);
+    }
+    bn->base.training = training;
+    return bn;
+}
+
+/* loss = sum(out * r) for fixed r, its backward, and what it left behind. fused picks
+ * qat_bn_tail, else the chain conv_bn.c runs without a gradient. */
+static void tail_step(const tail_case *tc, bool fused, tail_run *r)
+{
+    const int64_t shape[4] = {3, 5, 4, 7}; /* batch 3, non-square */
+    ag_tensor *conv = tu_rand(4, shape, -2.0f, 3.0f, 5, true);
+    ag_tensor *bias = tu_rand(1, AG_SHAPE(5), -1.0f, 1.0f, 6, true);
+    ag_tensor *w = tu_rand(4, shape, -1.0f, 1.0f, 7, false);
+    nn_batch_norm *bn = tail_bn(tc->training);
+    ag_tensor *b = tc->bias ? bias : NULL;
+    ag_ctx *ctx = ag_ctx_new();
+    ag_tensor *out;
+    if (fused) {
+        ck_assert(qat_bn_tail_applies(ctx, conv, bn));
+        out = qat_bn_tail(ctx, conv, b, bn, tc->relu);
+    } else {
+        ag_tensor *sf = ag_div(ctx, bn->weight, qat_running_std(ctx, bn));
+        out = ag_div(ctx, conv, ag_channels(ctx, sf));
+        if (b)
+            out = ag_add(ctx, out, ag_channels(ctx, b));
+        out = nn_forward(&bn->base, ctx, out);
+        if (tc->relu)
+            out = ag_relu(ctx, out);
+    }
+    ck_assert_msg(out != NULL, "%s", ag_last_error());
+    ck_assert_int_eq(ag_backward(ctx, ag_sum(ctx, ag_mul(ctx, out, w), NULL, 0, false)), AG_OK);
+    r->out = ag_tensor_new(4, shape, false);
+    memcpy(r->out->data, out->data, sizeof r->dconv);
+    memcpy(r->dconv, conv->grad, sizeof r->dconv);
+    memcpy(r->dgamma, bn->weight->grad, sizeof r->dgamma);
+    memcpy(r->dbeta, bn->bias->grad, sizeof r->dbeta);
+    memset(r->dbias, 0, sizeof r->dbias);
+    if (b)
+        memcpy(r->dbias, bias->grad, sizeof r->dbias);
+    memcpy(r->running_mean, bn->running_mean->data, sizeof r->running_mean);
+    memcpy(r->running_var, bn->running_var->data, sizeof r->running_var);
+    r->batches = *(const int64_t *)(const void *)bn->num_batches_tracked->data;
+    ag_ctx_free(ctx);
+    nn_module_free(&bn->base);
+    ag_tensor_free(w);
+    ag_tensor_free(bias);
+    ag_tensor_free(conv);
+}
+
+START_TEST(conv_bn_fused_tail_matches_op_chain)
+{
+    for (int k = 0; k < 8; k++) {
+        const tail_case tc = {k & 1, (k >> 1) & 1, (k >> 2) & 1};
+        tail_run *fused = calloc(1, sizeof *fused), *chain = calloc(1, sizeof *chain);
+        tail_step(&tc, true, fused);
+        tail_step(&tc, false, chain);
+        /* The statistics are summed in another order than batch_norm's: rounding apart. */
+        expect_close("out", fused->out->data, chain->out->data, fused->out->numel, 1e-5f,
+                     1e-6f);
+        expect_close("dconv", fused->dconv, chain->dconv, 3 * 5 * 4 * 7, 1e-4f, 1e-5f);
+        expect_close("dgamma", fused->dgamma, chain->dgamma, 5, 1e-4f, 1e-5f);
+        expect_close("dbeta", fused->dbeta, chain->dbeta, 5, 1e-4f, 1e-5f);
+        expect_close("dbias", fused->dbias, chain->dbias, 5, 1e-4f, 1e-5f);
+        expect_close("running_mean", fused->running_mean, chain->running_mean, 5, 1e-6f, 1e-7f);
+        expect_close("running_var", fused->running_var, chain->running_var, 5, 1e-6f, 1e-7f);
+        ck_assert_int_eq(fused->batches, chain->batches);
+        ck_assert_int_eq(fused->batches, tc.training ? 1 : 0);
+        ag_tensor_free(fused->out);
+        ag_tensor_free(chain->out);
+        free(fused);
+        free(chain);
+    }
+}
+END_TEST
+
+START_TEST(conv_bn_fused_tail_is_for_gradient_steps_only)
+{
+    nn_batch_norm *bn = tail_bn(true);
+    ag_tensor *conv = tu_rand(4, AG_SHAPE(2, 5, 3, 3), -1.0f, 1.0f, 5, true);
+    ag_ctx *ctx = ag_ctx_new();
+    ck_assert(qat_bn_tail_applies(ctx, conv, bn));
+    ag_no_grad_begin(ctx); /* eval and convert's tracing: the module-by-module chain */
+    ck_assert(!qat_bn_tail_applies(ctx, conv, bn));
+    ag_no_grad_end(ctx);
+    ag_tensor *one = tu_rand(4, AG_SHAPE(1, 5, 1, 1), -1.0f, 1.0f, 5, true);
+    ck_assert(!qat_bn_tail_applies(ctx, one, bn)); /* batch_norm's own error message */
+    ag_ctx_free(ctx);
+    ag_tensor_free(one);
+    ag_tensor_free(conv);
+    nn_module_free(&bn->base);
+}
+END_TEST
+
 START_TEST(prepared_refcnn_has_pytorchs_state_keys_in_order)
 {
     hid_t f = golden_open();
@@ -1139,6 +1258,8 @@ Suite *make_suite(void)
     tcase_add_test(tc, modified_qconfigs_prepare_and_train);
     tcase_add_test(tc, prepared_refcnn_has_pytorchs_state_keys_in_order);
     tcase_add_test(tc, refcnn_qat_step_matches_torch);
+    tcase_add_test(tc, conv_bn_fused_tail_matches_op_chain);
+    tcase_add_test(tc, conv_bn_fused_tail_is_for_gradient_steps_only);
     tcase_add_test(tc, prepared_refcnn_loads_pytorchs_state_dict);
     suite_add_tcase(s, tc);
     return s;

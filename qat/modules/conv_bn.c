@@ -28,7 +28,7 @@ ag_tensor *qat_running_std(ag_ctx *ctx, const nn_batch_norm *bn)
     return std;
 }
 
-static ag_tensor *conv_bn_forward(nn_module *m, ag_ctx *ctx, ag_tensor *x)
+static ag_tensor *conv_bn_run(nn_module *m, ag_ctx *ctx, ag_tensor *x, bool relu)
 {
     nn_conv2d *c = &((qat_conv_bn2d *)m)->conv;
     nn_batch_norm *bn = qat_module_bn(m);
@@ -40,15 +40,23 @@ static ag_tensor *conv_bn_forward(nn_module *m, ag_ctx *ctx, ag_tensor *x)
     ag_tensor *s = ag_div(ctx, bn->weight, qat_running_std(ctx, bn)); // (C)
     ag_tensor *w = ag_mul(ctx, c->weight, ag_reshape(ctx, s, 4, AG_SHAPE(oc, 1, 1, 1)));
     ag_tensor *y = ag_conv2d(ctx, x, qat_weight_post(m, ctx, w), NULL, &c->args);
+    if (y && qat_bn_tail_applies(ctx, y, bn))
+        return qat_bn_tail(ctx, y, c->bias, bn, relu); // the chain below, fused
     y = ag_div(ctx, y, ag_channels(ctx, s)); // (N, C, H, W)
     if (c->bias)
         y = ag_add(ctx, y, ag_channels(ctx, c->bias));
-    return y ? nn_forward(&bn->base, ctx, y) : NULL;
+    y = y ? nn_forward(&bn->base, ctx, y) : NULL;
+    return relu ? ag_relu(ctx, y) : y;
+}
+
+static ag_tensor *conv_bn_forward(nn_module *m, ag_ctx *ctx, ag_tensor *x)
+{
+    return conv_bn_run(m, ctx, x, false);
 }
 
 static ag_tensor *conv_bn_relu_forward(nn_module *m, ag_ctx *ctx, ag_tensor *x)
 {
-    return ag_relu(ctx, conv_bn_forward(m, ctx, x));
+    return conv_bn_run(m, ctx, x, true);
 }
 
 /* _ConvBnNd.train(mode): children follow the mode unless BN is frozen. nn_module_train

@@ -178,4 +178,12 @@ bool qat_is_linear_bn(const nn_module *m);
  * arena tensor (C): the running std of the approximate ConvBn forward. */
 ag_tensor *qat_running_std(ag_ctx *ctx, const nn_batch_norm *bn);
 
+/* bn_tail.c: bn(conv / (bn.weight / running_std) + bias), relu'd if asked, as one op
+ * (the approximate ConvBn forward after its conv). qat_bn_tail_applies says whether it
+ * may replace the op chain: 4-D input, an affine BN with running stats and no hook, a
+ * gradient being recorded. */
+bool qat_bn_tail_applies(ag_ctx *ctx, const ag_tensor *conv, const nn_batch_norm *bn);
+ag_tensor *qat_bn_tail(ag_ctx *ctx, ag_tensor *conv, ag_tensor *bias, nn_batch_norm *bn,
+                       bool relu);
+
 #endif
