@@ -13,6 +13,8 @@
  */
 #include "quantized/q8_impl.h"
 
+#include <stdlib.h>
+
 #if defined(__x86_64__) || defined(__i386__)
 
 #include <immintrin.h>
@@ -157,6 +159,362 @@ Q8_AVX2 void q8_gemm_avx2(int64_t m, int64_t n, int64_t kp, const uint8_t *a, in
     }
 }
 
+/* ---- the column GEMM (conv2d) ---- */
+
+/* The weight pair (w[2t], w[2t+1]) of one channel in every 32-bit lane. */
+Q8_AVX2 static inline __m256i wpair(const int16_t *w)
+{
+    int32_t v;
+    memcpy(&v, w, sizeof v);
+    return _mm256_set1_epi32(v);
+}
+
+Q8_AVX2 static inline void store_row3(int32_t *c, int32_t bias, __m256i s0, __m256i s1, __m256i s2)
+{
+    __m256i b = _mm256_set1_epi32(bias);
+    _mm256_storeu_si256((__m256i *)c, _mm256_add_epi32(s0, b));
+    _mm256_storeu_si256((__m256i *)(c + 8), _mm256_add_epi32(s1, b));
+    _mm256_storeu_si256((__m256i *)(c + 16), _mm256_add_epi32(s2, b));
+}
+
+/* 4 channels x 24 positions: 12 accumulators; per pair of K, 3 operand loads and 4
+ * weight broadcasts feed 12 vpmaddwd. */
+Q8_AVX2 static void cols_4x24(int64_t kpairs, const int16_t *w, int64_t kp, const int16_t *a,
+                              int64_t np, const int32_t *bias, int32_t *c, int64_t ldc)
+{
+    __m256i s00 = _mm256_setzero_si256(), s01 = s00, s02 = s00, s10 = s00, s11 = s00, s12 = s00;
+    __m256i s20 = s00, s21 = s00, s22 = s00, s30 = s00, s31 = s00, s32 = s00;
+    for (int64_t t = 0; t < kpairs; t++) {
+        const int16_t *ap = a + t * np * 2;
+        __m256i x0 = load_b(ap), x1 = load_b(ap + 16), x2 = load_b(ap + 32);
+        __m256i w0 = wpair(w + 2 * t);
+        s00 = madd_acc(s00, x0, w0);
+        s01 = madd_acc(s01, x1, w0);
+        s02 = madd_acc(s02, x2, w0);
+        __m256i w1 = wpair(w + kp + 2 * t);
+        s10 = madd_acc(s10, x0, w1);
+        s11 = madd_acc(s11, x1, w1);
+        s12 = madd_acc(s12, x2, w1);
+        __m256i w2 = wpair(w + 2 * kp + 2 * t);
+        s20 = madd_acc(s20, x0, w2);
+        s21 = madd_acc(s21, x1, w2);
+        s22 = madd_acc(s22, x2, w2);
+        __m256i w3 = wpair(w + 3 * kp + 2 * t);
+        s30 = madd_acc(s30, x0, w3);
+        s31 = madd_acc(s31, x1, w3);
+        s32 = madd_acc(s32, x2, w3);
+    }
+    store_row3(c, bias ? bias[0] : 0, s00, s01, s02);
+    store_row3(c + ldc, bias ? bias[1] : 0, s10, s11, s12);
+    store_row3(c + 2 * ldc, bias ? bias[2] : 0, s20, s21, s22);
+    store_row3(c + 3 * ldc, bias ? bias[3] : 0, s30, s31, s32);
+}
+
+Q8_AVX2 static void cols_1x24(int64_t kpairs, const int16_t *w, const int16_t *a, int64_t np,
+                              int32_t bias, int32_t *c)
+{
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0;
+    for (int64_t t = 0; t < kpairs; t++) {
+        const int16_t *ap = a + t * np * 2;
+        __m256i w0 = wpair(w + 2 * t);
+        s0 = madd_acc(s0, load_b(ap), w0);
+        s1 = madd_acc(s1, load_b(ap + 16), w0);
+        s2 = madd_acc(s2, load_b(ap + 32), w0);
+    }
+    store_row3(c, bias, s0, s1, s2);
+}
+
+/* The tail tiles: 4 (or 1) channels x 8 positions. */
+Q8_AVX2 static void cols_4x8(int64_t kpairs, const int16_t *w, int64_t kp, const int16_t *a,
+                             int64_t np, const int32_t *bias, int32_t *c, int64_t ldc)
+{
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+    for (int64_t t = 0; t < kpairs; t++) {
+        __m256i x = load_b(a + t * np * 2);
+        s0 = madd_acc(s0, x, wpair(w + 2 * t));
+        s1 = madd_acc(s1, x, wpair(w + kp + 2 * t));
+        s2 = madd_acc(s2, x, wpair(w + 2 * kp + 2 * t));
+        s3 = madd_acc(s3, x, wpair(w + 3 * kp + 2 * t));
+    }
+    __m256i acc[4] = {s0, s1, s2, s3};
+    for (int r = 0; r < 4; r++)
+        _mm256_storeu_si256((__m256i *)(c + r * ldc),
+                            _mm256_add_epi32(acc[r], _mm256_set1_epi32(bias ? bias[r] : 0)));
+}
+
+Q8_AVX2 static void cols_1x8(int64_t kpairs, const int16_t *w, const int16_t *a, int64_t np,
+                             int32_t bias, int32_t *c)
+{
+    __m256i s = _mm256_setzero_si256();
+    for (int64_t t = 0; t < kpairs; t++)
+        s = madd_acc(s, load_b(a + t * np * 2), wpair(w + 2 * t));
+    _mm256_storeu_si256((__m256i *)c, _mm256_add_epi32(s, _mm256_set1_epi32(bias)));
+}
+
+Q8_AVX2 void q8_gemm_cols_avx2(int64_t m, int64_t kpairs, const int16_t *w, int64_t kp,
+                               const int16_t *a, int64_t np, const int32_t *bias, int32_t *c,
+                               int64_t ldc)
+{
+    int64_t p = 0;
+    for (; p + Q8_COLS_NR <= np; p += Q8_COLS_NR) {
+        int64_t o = 0;
+        for (; o + 4 <= m; o += 4)
+            cols_4x24(kpairs, w + o * kp, kp, a + p * 2, np, bias ? bias + o : NULL,
+                      c + o * ldc + p, ldc);
+        for (; o < m; o++)
+            cols_1x24(kpairs, w + o * kp, a + p * 2, np, bias ? bias[o] : 0, c + o * ldc + p);
+    }
+    for (; p < np; p += Q8_COLS_STEP) {
+        int64_t o = 0;
+        for (; o + 4 <= m; o += 4)
+            cols_4x8(kpairs, w + o * kp, kp, a + p * 2, np, bias ? bias + o : NULL,
+                     c + o * ldc + p, ldc);
+        for (; o < m; o++)
+            cols_1x8(kpairs, w + o * kp, a + p * 2, np, bias ? bias[o] : 0, c + o * ldc + p);
+    }
+}
+
+Q8_AVX2 void q8_interleave_pairs_avx2(const uint8_t *r0, const uint8_t *r1, int64_t n, int16_t *dst)
+{
+    int64_t p = 0;
+    for (; p + 16 <= n; p += 16) {
+        __m128i x0 = _mm_loadu_si128((const __m128i *)(r0 + p));
+        __m128i x1 = _mm_loadu_si128((const __m128i *)(r1 + p));
+        __m256i lo = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x0, x1));
+        __m256i hi = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(x0, x1));
+        _mm256_storeu_si256((__m256i *)(dst + 2 * p), lo);
+        _mm256_storeu_si256((__m256i *)(dst + 2 * p + 16), hi);
+    }
+    q8_interleave_pairs_reference(r0 + p, r1 + p, n - p, dst + 2 * p);
+}
+
+/* 16 positions of four rows into 64 bytes. */
+Q8_AVX2 static inline void quads16(const uint8_t *r0, const uint8_t *r1, const uint8_t *r2,
+                                   const uint8_t *r3, uint8_t *dst)
+{
+    __m128i x0 = _mm_loadu_si128((const __m128i *)r0), x1 = _mm_loadu_si128((const __m128i *)r1);
+    __m128i x2 = _mm_loadu_si128((const __m128i *)r2), x3 = _mm_loadu_si128((const __m128i *)r3);
+    __m128i a0 = _mm_unpacklo_epi8(x0, x1), a1 = _mm_unpackhi_epi8(x0, x1);
+    __m128i b0 = _mm_unpacklo_epi8(x2, x3), b1 = _mm_unpackhi_epi8(x2, x3);
+    _mm_storeu_si128((__m128i *)dst, _mm_unpacklo_epi16(a0, b0));
+    _mm_storeu_si128((__m128i *)(dst + 16), _mm_unpackhi_epi16(a0, b0));
+    _mm_storeu_si128((__m128i *)(dst + 32), _mm_unpacklo_epi16(a1, b1));
+    _mm_storeu_si128((__m128i *)(dst + 48), _mm_unpackhi_epi16(a1, b1));
+}
+
+Q8_AVX2 void q8_interleave_quads_avx2(const uint8_t *const r[4], int64_t n, uint8_t *dst)
+{
+    int64_t p = 0;
+    for (; p + 16 <= n; p += 16)
+        quads16(r[0] + p, r[1] + p, r[2] + p, r[3] + p, dst + 4 * p);
+    if (p == n)
+        return;
+    /* the tail (rows of 14 here) through copies: nothing read or written beyond n */
+    uint8_t t[4][16] = {{0}}, out[64];
+    for (int s = 0; s < 4; s++)
+        memcpy(t[s], r[s] + p, (size_t)(n - p));
+    quads16(t[0], t[1], t[2], t[3], out);
+    memcpy(dst + 4 * p, out, (size_t)(4 * (n - p)));
+}
+
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 || defined(__clang__) && __clang_major__ >= 12
+#define Q8_HAVE_VNNI 1
+#define Q8_VNNI __attribute__((target("avx2,avxvnni")))
+
+bool q8_gemm_vnni_available(void)
+{
+    const char *env = getenv("CQAT_Q8_GEMM");
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avxvnni") &&
+           !(env && strcmp(env, "avx2") == 0);
+}
+
+/* Four weight bytes of one channel in every 32-bit lane. */
+Q8_VNNI static inline __m256i wquad(const int8_t *w)
+{
+    int32_t v;
+    memcpy(&v, w, sizeof v);
+    return _mm256_set1_epi32(v);
+}
+
+/* acc += the four-byte dot products of a (uint8) and w (int8) per lane. As inline asm:
+ * GCC 12 copies the accumulator around the intrinsic (it does not tie the operand), which
+ * spills the 12 accumulators of the 4x24 tile to the stack. */
+Q8_VNNI static inline __m256i dp(__m256i acc, __m256i a, __m256i w)
+{
+    __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(a), "x"(w));
+    return acc;
+}
+
+/* Where quad t of the operand starts (see q8_gemm_quads_reference). */
+static inline int64_t quad_at(const int64_t *off, int64_t t, int64_t np)
+{
+    return off ? off[t] : t * np * 4;
+}
+
+/* 4 channels x 24 positions, as cols_4x24 with one vpdpbusd per 32 products. */
+Q8_VNNI static void quads_4x24(int64_t kquads, const int8_t *w, int64_t kq4, const uint8_t *a,
+                               const int64_t *off, int64_t np, const int32_t *bias, int32_t *c,
+                               int64_t ldc)
+{
+    __m256i s00 = _mm256_setzero_si256(), s01 = s00, s02 = s00, s10 = s00, s11 = s00, s12 = s00;
+    __m256i s20 = s00, s21 = s00, s22 = s00, s30 = s00, s31 = s00, s32 = s00;
+    for (int64_t t = 0; t < kquads; t++) {
+        const uint8_t *ap = a + quad_at(off, t, np);
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)ap);
+        __m256i x1 = _mm256_loadu_si256((const __m256i *)(ap + 32));
+        __m256i x2 = _mm256_loadu_si256((const __m256i *)(ap + 64));
+        __m256i w0 = wquad(w + 4 * t);
+        s00 = dp(s00, x0, w0);
+        s01 = dp(s01, x1, w0);
+        s02 = dp(s02, x2, w0);
+        __m256i w1 = wquad(w + kq4 + 4 * t);
+        s10 = dp(s10, x0, w1);
+        s11 = dp(s11, x1, w1);
+        s12 = dp(s12, x2, w1);
+        __m256i w2 = wquad(w + 2 * kq4 + 4 * t);
+        s20 = dp(s20, x0, w2);
+        s21 = dp(s21, x1, w2);
+        s22 = dp(s22, x2, w2);
+        __m256i w3 = wquad(w + 3 * kq4 + 4 * t);
+        s30 = dp(s30, x0, w3);
+        s31 = dp(s31, x1, w3);
+        s32 = dp(s32, x2, w3);
+    }
+    store_row3(c, bias ? bias[0] : 0, s00, s01, s02);
+    store_row3(c + ldc, bias ? bias[1] : 0, s10, s11, s12);
+    store_row3(c + 2 * ldc, bias ? bias[2] : 0, s20, s21, s22);
+    store_row3(c + 3 * ldc, bias ? bias[3] : 0, s30, s31, s32);
+}
+
+Q8_VNNI static void quads_1x24(int64_t kquads, const int8_t *w, const uint8_t *a,
+                               const int64_t *off, int64_t np, int32_t bias, int32_t *c)
+{
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0;
+    for (int64_t t = 0; t < kquads; t++) {
+        const uint8_t *ap = a + quad_at(off, t, np);
+        __m256i w0 = wquad(w + 4 * t);
+        s0 = dp(s0, _mm256_loadu_si256((const __m256i *)ap), w0);
+        s1 = dp(s1, _mm256_loadu_si256((const __m256i *)(ap + 32)), w0);
+        s2 = dp(s2, _mm256_loadu_si256((const __m256i *)(ap + 64)), w0);
+    }
+    store_row3(c, bias, s0, s1, s2);
+}
+
+/* 32 bytes of K at k (16 when only 16 are left, the upper half zero). */
+Q8_VNNI static inline __m256i load32(const void *p, int64_t k, int64_t kp)
+{
+    const uint8_t *b = (const uint8_t *)p + k;
+    if (k + 32 <= kp)
+        return _mm256_loadu_si256((const __m256i *)b);
+    return _mm256_inserti128_si256(_mm256_setzero_si256(), _mm_loadu_si128((const __m128i *)b), 0);
+}
+
+/* Rows a0, a1 against 4 weight rows (kp apart): 8 accumulators of lane sums. */
+Q8_VNNI static void dot_2x4(int64_t kp, const uint8_t *a0, const uint8_t *a1, const int8_t *w,
+                            const int32_t *bias, int32_t *c0, int32_t *c1, int64_t cs)
+{
+    const int8_t *w0 = w, *w1 = w + kp, *w2 = w + 2 * kp, *w3 = w + 3 * kp;
+    __m256i s00 = _mm256_setzero_si256(), s01 = s00, s02 = s00, s03 = s00;
+    __m256i s10 = s00, s11 = s00, s12 = s00, s13 = s00;
+    for (int64_t k = 0; k < kp; k += 32) {
+        __m256i x0 = load32(a0, k, kp), x1 = load32(a1, k, kp);
+        __m256i v = load32(w0, k, kp);
+        s00 = dp(s00, x0, v);
+        s10 = dp(s10, x1, v);
+        v = load32(w1, k, kp);
+        s01 = dp(s01, x0, v);
+        s11 = dp(s11, x1, v);
+        v = load32(w2, k, kp);
+        s02 = dp(s02, x0, v);
+        s12 = dp(s12, x1, v);
+        v = load32(w3, k, kp);
+        s03 = dp(s03, x0, v);
+        s13 = dp(s13, x1, v);
+    }
+    store4(c0, cs, add_bias(hsum4(s00, s01, s02, s03), bias));
+    store4(c1, cs, add_bias(hsum4(s10, s11, s12, s13), bias));
+}
+
+Q8_VNNI static int32_t dot_1x1_vnni(int64_t kp, const uint8_t *a0, const int8_t *w0)
+{
+    __m256i s = _mm256_setzero_si256();
+    for (int64_t k = 0; k < kp; k += 32)
+        s = dp(s, load32(a0, k, kp), load32(w0, k, kp));
+    return hsum1(s);
+}
+
+Q8_VNNI void q8_gemm_dot_vnni(int64_t m, int64_t n, int64_t kp, const uint8_t *a, int64_t lda,
+                              const int8_t *w, const int32_t *bias, int32_t *c, int64_t rs,
+                              int64_t cs)
+{
+    for (int64_t i = 0; i < m; i += 2) {
+        /* a last odd row runs as both rows of the tile (the same results, stored twice) */
+        const uint8_t *a0 = a + i * lda, *a1 = i + 1 < m ? a0 + lda : a0;
+        int32_t *c0 = c + i * rs, *c1 = i + 1 < m ? c0 + rs : c0;
+        int64_t j = 0;
+        for (; j + 4 <= n; j += 4)
+            dot_2x4(kp, a0, a1, w + j * kp, bias ? bias + j : NULL, c0 + j * cs, c1 + j * cs, cs);
+        for (int64_t r = 0; r < 2 && i + r < m; r++)
+            for (int64_t jj = j; jj < n; jj++)
+                c[(i + r) * rs + jj * cs] = (bias ? bias[jj] : 0) +
+                                            dot_1x1_vnni(kp, a + (i + r) * lda, w + jj * kp);
+    }
+}
+
+Q8_VNNI static void quads_4x8(int64_t kquads, const int8_t *w, int64_t kq4, const uint8_t *a,
+                              const int64_t *off, int64_t np, const int32_t *bias, int32_t *c,
+                              int64_t ldc)
+{
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+    for (int64_t t = 0; t < kquads; t++) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(a + quad_at(off, t, np)));
+        s0 = dp(s0, x, wquad(w + 4 * t));
+        s1 = dp(s1, x, wquad(w + kq4 + 4 * t));
+        s2 = dp(s2, x, wquad(w + 2 * kq4 + 4 * t));
+        s3 = dp(s3, x, wquad(w + 3 * kq4 + 4 * t));
+    }
+    __m256i acc[4] = {s0, s1, s2, s3};
+    for (int r = 0; r < 4; r++)
+        _mm256_storeu_si256((__m256i *)(c + r * ldc),
+                            _mm256_add_epi32(acc[r], _mm256_set1_epi32(bias ? bias[r] : 0)));
+}
+
+Q8_VNNI static void quads_1x8(int64_t kquads, const int8_t *w, const uint8_t *a,
+                              const int64_t *off, int64_t np, int32_t bias, int32_t *c)
+{
+    __m256i s = _mm256_setzero_si256();
+    for (int64_t t = 0; t < kquads; t++)
+        s = dp(s, _mm256_loadu_si256((const __m256i *)(a + quad_at(off, t, np))), wquad(w + 4 * t));
+    _mm256_storeu_si256((__m256i *)c, _mm256_add_epi32(s, _mm256_set1_epi32(bias)));
+}
+
+Q8_VNNI void q8_gemm_quads_vnni(int64_t m, int64_t kquads, const int8_t *w, int64_t kq4,
+                                const uint8_t *a, const int64_t *off, int64_t np,
+                                const int32_t *bias, int32_t *c, int64_t ldc)
+{
+    int64_t p = 0;
+    for (; p + Q8_COLS_NR <= np; p += Q8_COLS_NR) {
+        int64_t o = 0;
+        for (; o + 4 <= m; o += 4)
+            quads_4x24(kquads, w + o * kq4, kq4, a + p * 4, off, np, bias ? bias + o : NULL,
+                       c + o * ldc + p, ldc);
+        for (; o < m; o++)
+            quads_1x24(kquads, w + o * kq4, a + p * 4, off, np, bias ? bias[o] : 0,
+                       c + o * ldc + p);
+    }
+    for (; p < np; p += Q8_COLS_STEP) {
+        int64_t o = 0;
+        for (; o + 4 <= m; o += 4)
+            quads_4x8(kquads, w + o * kq4, kq4, a + p * 4, off, np, bias ? bias + o : NULL,
+                      c + o * ldc + p, ldc);
+        for (; o < m; o++)
+            quads_1x8(kquads, w + o * kq4, a + p * 4, off, np, bias ? bias[o] : 0,
+                      c + o * ldc + p);
+    }
+}
+#endif
+
 #else /* not x86: the reference kernel stands in */
 
 bool q8_gemm_avx2_available(void) { return false; }
@@ -167,4 +525,43 @@ void q8_gemm_avx2(int64_t m, int64_t n, int64_t kp, const uint8_t *a, int64_t ld
     q8_gemm_reference(m, n, kp, a, lda, b, bias, c, rs, cs);
 }
 
+void q8_gemm_cols_avx2(int64_t m, int64_t kpairs, const int16_t *w, int64_t kp, const int16_t *a,
+                       int64_t np, const int32_t *bias, int32_t *c, int64_t ldc)
+{
+    q8_gemm_cols_reference(m, kpairs, w, kp, a, np, bias, c, ldc);
+}
+
+void q8_interleave_pairs_avx2(const uint8_t *r0, const uint8_t *r1, int64_t n, int16_t *dst)
+{
+    q8_interleave_pairs_reference(r0, r1, n, dst);
+}
+
+void q8_interleave_quads_avx2(const uint8_t *const r[4], int64_t n, uint8_t *dst)
+{
+    q8_interleave_quads_reference(r, n, dst);
+}
+
+#endif
+
+#if !defined(Q8_HAVE_VNNI) /* no AVX-VNNI kernel: never chosen; the reference stands in */
+void q8_gemm_dot_vnni(int64_t m, int64_t n, int64_t kp, const uint8_t *a, int64_t lda,
+                      const int8_t *w, const int32_t *bias, int32_t *c, int64_t rs, int64_t cs)
+{
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            int32_t acc = bias ? bias[j] : 0;
+            for (int64_t k = 0; k < kp; k++)
+                acc += (int32_t)a[i * lda + k] * w[j * kp + k];
+            c[i * rs + j * cs] = acc;
+        }
+}
+
+bool q8_gemm_vnni_available(void) { return false; }
+
+void q8_gemm_quads_vnni(int64_t m, int64_t kquads, const int8_t *w, int64_t kq4,
+                        const uint8_t *a, const int64_t *off, int64_t np, const int32_t *bias,
+                        int32_t *c, int64_t ldc)
+{
+    q8_gemm_quads_reference(m, kquads, w, kq4, a, off, np, bias, c, ldc);
+}
 #endif

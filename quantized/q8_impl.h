@@ -331,6 +331,22 @@ static inline void q8_requant(q8_gemm_kernel kernel, const int32_t *acc, int64_t
         q8_requant_reference(acc, n, m0, shift, step, zp, lo, hi, out);
 }
 
+/* A row of quantized floats: out[i] = q8_quantize_inv(x[i], inv, zp, qmin, qmax) as bytes;
+ * the AVX2 kernel (round to nearest even under the default rounding mode, like
+ * nearbyintf; NaN to zp; the clamp on the float) gives the same bytes. */
+void q8_quantize_row_reference(const float *x, int64_t n, float inv, int32_t zp, int32_t qmin,
+                               int32_t qmax, uint8_t *out);
+void q8_quantize_row_avx2(const float *x, int64_t n, float inv, int32_t zp, int32_t qmin,
+                          int32_t qmax, uint8_t *out);
+
+/* out[i] = table[a[i] * 256 + b[i]]: a binary op whose result depends on the two input
+ * bytes only (add). The AVX2 kernel gathers 32-bit words: the table needs 3 readable
+ * bytes beyond its 65536. */
+void q8_lookup2_reference(const uint8_t *table, const uint8_t *a, const uint8_t *b, int64_t n,
+                          uint8_t *out);
+void q8_lookup2_avx2(const uint8_t *table, const uint8_t *a, const uint8_t *b, int64_t n,
+                     uint8_t *out);
+
 /* Output bounds of a fused activation on `out`, inside out's range (q8.h); `out` must be
  * valid (q8_qparams_range). */
 void q8_act_bounds(q8_act act, q8_qparams out, int32_t *lo, int32_t *hi);
@@ -378,6 +394,59 @@ void q8_gemm_reference(int64_t m, int64_t n, int64_t kp, const uint8_t *a, int64
 void q8_gemm_avx2(int64_t m, int64_t n, int64_t kp, const uint8_t *a, int64_t lda,
                   const int16_t *b, const int32_t *bias, int32_t *c, int64_t rs, int64_t cs);
 bool q8_gemm_avx2_available(void);
+
+/* The column GEMM of conv2d: output channels as rows, output positions as vector lanes,
+ * so that one channel's results come out contiguous (NCHW) and the inner loop runs over
+ * positions however small K and the channel count are (refcnn's K = 9..288, 16..32
+ * channels, where the dot-product GEMM above spends its time in horizontal sums).
+ *
+ *   c[o*ldc + p] = bias[o] + sum_{t<kpairs} w[o*kp + 2t] * a[(t*np + p)*2]
+ *                                         + w[o*kp + 2t+1] * a[(t*np + p)*2 + 1]
+ *
+ * for o < m, p < np: `a` holds the patch matrix with K in pairs interleaved per position
+ * (kpairs, np, 2), int16 (uint8 widened, so vpmaddwd sums the pair exactly), np a multiple
+ * of Q8_COLS_STEP (tiles of Q8_COLS_NR positions, then of 8); `w` is q8_packed's (m, kp)
+ * rows, whose pairs load as one int32. */
+enum { Q8_COLS_NR = 24, Q8_COLS_STEP = 8 };
+typedef void (*q8_gemm_cols_fn)(int64_t m, int64_t kpairs, const int16_t *w, int64_t kp,
+                                const int16_t *a, int64_t np, const int32_t *bias, int32_t *c,
+                                int64_t ldc);
+void q8_gemm_cols_reference(int64_t m, int64_t kpairs, const int16_t *w, int64_t kp,
+                            const int16_t *a, int64_t np, const int32_t *bias, int32_t *c,
+                            int64_t ldc);
+void q8_gemm_cols_avx2(int64_t m, int64_t kpairs, const int16_t *w, int64_t kp, const int16_t *a,
+                       int64_t np, const int32_t *bias, int32_t *c, int64_t ldc);
+/* dst[2p] = r0[p], dst[2p+1] = r1[p] (p < n): two uint8 patch rows into one pair row of
+ * the column GEMM's operand. */
+void q8_interleave_pairs_reference(const uint8_t *r0, const uint8_t *r1, int64_t n, int16_t *dst);
+void q8_interleave_pairs_avx2(const uint8_t *r0, const uint8_t *r1, int64_t n, int16_t *dst);
+/* The same product with K in quads of bytes, for CPUs with AVX-VNNI: vpdpbusd sums four
+ * uint8 x int8 products into int32 without an int16 step (no vpmaddubsw saturation), four
+ * times the products of a vpmaddwd:
+ *
+ *   c[o*ldc + p] = bias[o] + sum_{t<kquads} sum_{s<4} w[o*kq4 + 4t+s] * a[off[t] + 4p + s]
+ *
+ * `a` uint8 with the 4 bytes of quad t at each position p at off[t] + 4p: off == NULL is
+ * the packed operand (kquads, np, 4), off[t] = t*np*4; conv2d's grid passes offsets into
+ * its channel-quad-interleaved padded input instead. `w` (m, kq4) the int8 weights zero
+ * padded to kq4 >= 4*kquads.
+ * q8_gemm_vnni_available: the CPU has AVX-VNNI and CQAT_Q8_GEMM is not "avx2" (which
+ * keeps the vpmaddwd kernel, for comparison). */
+void q8_gemm_quads_reference(int64_t m, int64_t kquads, const int8_t *w, int64_t kq4,
+                             const uint8_t *a, const int64_t *off, int64_t np,
+                             const int32_t *bias, int32_t *c, int64_t ldc);
+void q8_gemm_quads_vnni(int64_t m, int64_t kquads, const int8_t *w, int64_t kq4,
+                        const uint8_t *a, const int64_t *off, int64_t np, const int32_t *bias,
+                        int32_t *c, int64_t ldc);
+bool q8_gemm_vnni_available(void);
+/* q8_gemm's product (row-major C, rs = n... any strides) with the weights as int8 rows
+ * (n, kp) instead of int16: vpdpbusd on 32 bytes of K at a time (a 16-byte tail in the
+ * lower half), for linear on CPUs with AVX-VNNI. Same integers as q8_gemm_reference. */
+void q8_gemm_dot_vnni(int64_t m, int64_t n, int64_t kp, const uint8_t *a, int64_t lda,
+                      const int8_t *w, const int32_t *bias, int32_t *c, int64_t rs, int64_t cs);
+/* dst[4p + s] = r[s][p] (p < n, s < 4). */
+void q8_interleave_quads_reference(const uint8_t *const r[4], int64_t n, uint8_t *dst);
+void q8_interleave_quads_avx2(const uint8_t *const r[4], int64_t n, uint8_t *dst);
 q8_gemm_kernel q8_gemm_choose(void); /* CPU + CQAT_Q8_GEMM */
 void q8_gemm(q8_gemm_kernel kernel, int64_t m, int64_t n, int64_t kp, const uint8_t *a,
              int64_t lda, const int16_t *b, const int32_t *bias, int32_t *c, int64_t rs,

@@ -77,6 +77,20 @@ void q8_requant_reference(const int32_t *acc, int64_t n, const int32_t *m0,
     }
 }
 
+void q8_quantize_row_reference(const float *x, int64_t n, float inv, int32_t zp, int32_t qmin,
+                               int32_t qmax, uint8_t *out)
+{
+    for (int64_t i = 0; i < n; i++)
+        out[i] = (uint8_t)q8_quantize_inv(x[i], inv, zp, qmin, qmax);
+}
+
+void q8_lookup2_reference(const uint8_t *table, const uint8_t *a, const uint8_t *b, int64_t n,
+                          uint8_t *out)
+{
+    for (int64_t i = 0; i < n; i++)
+        out[i] = table[a[i] * 256 + b[i]];
+}
+
 q8_status q8_qparams_range(q8_qparams qp, int32_t *lo, int32_t *hi)
 {
     if (qp.dtype != Q8_U8 && qp.dtype != Q8_I8)

@@ -32,6 +32,68 @@ Q8_AVX2 static inline __m256i clamp64(__m256i v, __m256i lo, __m256i hi)
     return _mm256_blendv_epi8(v, hi, _mm256_cmpgt_epi64(v, hi));
 }
 
+/* One channel (step 0) with 32 <= shift <= 62, the usual case (multipliers below 1):
+ * t = p + 2^(shift-1) never overflows (|p| < 2^62), floor(t / 2^shift) is the high dword
+ * of t shifted right by shift - 32 in 32 bits, and the half-even correction (an exact
+ * tie, t's low shift bits all zero, and an odd quotient: one less) and the clamp are
+ * 32-bit operations as well. */
+typedef struct rq_high {
+    __m256i m, half, mask, one, zero, zp, lo, hi;
+    __m128i cnt;
+} rq_high;
+
+Q8_AVX2 static inline __m256i rq_high8(const rq_high *k, __m256i a)
+{
+    __m256i te = _mm256_add_epi64(_mm256_mul_epi32(a, k->m), k->half);
+    __m256i to = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(a, 32), k->m), k->half);
+    __m256i th = _mm256_blend_epi32(_mm256_srli_epi64(te, 32), to, 0xAA); /* high dwords */
+    __m256i tl = _mm256_blend_epi32(te, _mm256_slli_epi64(to, 32), 0xAA); /* low dwords */
+    __m256i r = _mm256_sra_epi32(th, k->cnt);
+    __m256i tie = _mm256_and_si256(_mm256_cmpeq_epi32(tl, k->zero),
+                                   _mm256_cmpeq_epi32(_mm256_and_si256(th, k->mask), k->zero));
+    r = _mm256_sub_epi32(r, _mm256_and_si256(tie, _mm256_and_si256(r, k->one)));
+    return _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(r, k->zp), k->lo), k->hi);
+}
+
+Q8_AVX2 static int64_t requant_high(const int32_t *acc, int64_t n, int32_t m0, int32_t shift,
+                                    int32_t zp, int32_t lo, int32_t hi, uint8_t *out)
+{
+    rq_high k;
+    k.m = _mm256_set1_epi64x(m0);
+    k.half = _mm256_set1_epi64x(INT64_C(1) << (shift - 1));
+    k.cnt = _mm_cvtsi32_si128(shift - 32);
+    k.mask = _mm256_set1_epi32((int32_t)((UINT32_C(1) << (shift - 32)) - 1));
+    k.one = _mm256_set1_epi32(1);
+    k.zero = _mm256_setzero_si256();
+    k.zp = _mm256_set1_epi32(zp);
+    k.lo = _mm256_set1_epi32(lo);
+    k.hi = _mm256_set1_epi32(hi);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, -1, -1, -1);
+    int64_t i = 0;
+    /* 32 at a time: saturating packs keep every value (all in [lo, hi]): to bytes with
+     * unsigned saturation for a u8 range, signed for an i8 one */
+    for (; i + 32 <= n; i += 32) {
+        __m256i r0 = rq_high8(&k, _mm256_loadu_si256((const __m256i *)(acc + i)));
+        __m256i r1 = rq_high8(&k, _mm256_loadu_si256((const __m256i *)(acc + i + 8)));
+        __m256i r2 = rq_high8(&k, _mm256_loadu_si256((const __m256i *)(acc + i + 16)));
+        __m256i r3 = rq_high8(&k, _mm256_loadu_si256((const __m256i *)(acc + i + 24)));
+        __m256i w01 = _mm256_packs_epi32(r0, r1), w23 = _mm256_packs_epi32(r2, r3);
+        __m256i b = lo >= 0 ? _mm256_packus_epi16(w01, w23) : _mm256_packs_epi16(w01, w23);
+        _mm256_storeu_si256((__m256i *)(out + i), _mm256_permutevar8x32_epi32(b, order));
+    }
+    for (; i + 8 <= n; i += 8) {
+        __m256i r = rq_high8(&k, _mm256_loadu_si256((const __m256i *)(acc + i)));
+        r = _mm256_shuffle_epi8(r, pick);
+        uint32_t w0 = (uint32_t)_mm256_extract_epi32(r, 0), w1 = (uint32_t)_mm256_extract_epi32(r, 4);
+        memcpy(out + i, &w0, 4);
+        memcpy(out + i + 4, &w1, 4);
+    }
+    return i;
+}
+
 Q8_AVX2 void q8_requant_avx2(const int32_t *acc, int64_t n, const int32_t *m0,
                              const int32_t *shift, int64_t step, int32_t zp, int32_t lo,
                              int32_t hi, uint8_t *out)
@@ -45,6 +107,8 @@ Q8_AVX2 void q8_requant_avx2(const int32_t *acc, int64_t n, const int32_t *m0,
                                           -1, -1, -1, -1);
     __m256i m_v = _mm256_set1_epi32(m0[0]), s_v = _mm256_set1_epi32(shift[0]);
     int64_t i = 0;
+    if (!step && shift[0] >= 32 && shift[0] <= 62)
+        i = requant_high(acc, n, m0[0], shift[0], zp, lo, hi, out);
     for (; i + 8 <= n; i += 8) {
         if (step) {
             m_v = _mm256_loadu_si256((const __m256i *)(m0 + i));
@@ -69,7 +133,63 @@ Q8_AVX2 void q8_requant_avx2(const int32_t *acc, int64_t n, const int32_t *m0,
     }
 }
 
+Q8_AVX2 void q8_quantize_row_avx2(const float *x, int64_t n, float inv, int32_t zp,
+                                  int32_t qmin, int32_t qmax, uint8_t *out)
+{
+    const __m256 inv_v = _mm256_set1_ps(inv), zero = _mm256_setzero_ps();
+    const __m256 lo = _mm256_set1_ps((float)(qmin - zp)), hi = _mm256_set1_ps((float)(qmax - zp));
+    const __m256i zp_v = _mm256_set1_epi32(zp);
+    const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, -1, -1, -1);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), inv_v),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        r = _mm256_blendv_ps(r, zero, _mm256_cmp_ps(r, r, _CMP_UNORD_Q)); /* NaN: zp */
+        r = _mm256_min_ps(_mm256_max_ps(r, lo), hi); /* integers: the clamp is exact */
+        __m256i q = _mm256_add_epi32(_mm256_cvttps_epi32(r), zp_v);
+        q = _mm256_shuffle_epi8(q, pick);
+        uint32_t w0 = (uint32_t)_mm256_extract_epi32(q, 0), w1 = (uint32_t)_mm256_extract_epi32(q, 4);
+        memcpy(out + i, &w0, 4);
+        memcpy(out + i + 4, &w1, 4);
+    }
+    q8_quantize_row_reference(x + i, n - i, inv, zp, qmin, qmax, out + i);
+}
+
+Q8_AVX2 void q8_lookup2_avx2(const uint8_t *table, const uint8_t *a, const uint8_t *b, int64_t n,
+                             uint8_t *out)
+{
+    const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, -1, -1, -1);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i ia = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(a + i)));
+        __m256i ib = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + i)));
+        __m256i idx = _mm256_add_epi32(_mm256_slli_epi32(ia, 8), ib);
+        __m256i v = _mm256_i32gather_epi32((const int *)(const void *)table, idx, 1);
+        v = _mm256_shuffle_epi8(v, pick);
+        uint32_t w0 = (uint32_t)_mm256_extract_epi32(v, 0), w1 = (uint32_t)_mm256_extract_epi32(v, 4);
+        memcpy(out + i, &w0, 4);
+        memcpy(out + i + 4, &w1, 4);
+    }
+    q8_lookup2_reference(table, a + i, b + i, n - i, out + i);
+}
+
 #else
+
+void q8_lookup2_avx2(const uint8_t *table, const uint8_t *a, const uint8_t *b, int64_t n,
+                     uint8_t *out)
+{
+    q8_lookup2_reference(table, a, b, n, out);
+}
+
+void q8_quantize_row_avx2(const float *x, int64_t n, float inv, int32_t zp, int32_t qmin,
+                          int32_t qmax, uint8_t *out)
+{
+    q8_quantize_row_reference(x, n, inv, zp, qmin, qmax, out);
+}
 
 void q8_requant_avx2(const int32_t *acc, int64_t n, const int32_t *m0, const int32_t *shift,
                      int64_t step, int32_t zp, int32_t lo, int32_t hi, uint8_t *out)

@@ -502,6 +502,209 @@ START_TEST(requant_avx2_equals_reference_on_random_rows)
 }
 END_TEST
 
+/* The column GEMM operand of random patch rows: (kpairs, np, 2) or (kquads, np, 4). */
+static void make_col_operands(rng *r, int64_t k, int64_t np, uint8_t *rows, int16_t *pairs,
+                              uint8_t *quads)
+{
+    int64_t kpairs = (k + 1) / 2, kquads = (k + 3) / 4;
+    memset(rows, 0, (size_t)(4 * kquads * np));
+    for (int64_t i = 0; i < k; i++)
+        fill_bytes(r, rows + i * np, np);
+    for (int64_t t = 0; t < kpairs; t++)
+        q8_interleave_pairs_reference(rows + 2 * t * np, rows + (2 * t + 1) * np, np,
+                                      pairs + t * np * 2);
+    for (int64_t t = 0; t < kquads; t++) {
+        const uint8_t *q[4] = {rows + 4 * t * np, rows + (4 * t + 1) * np, rows + (4 * t + 2) * np,
+                               rows + (4 * t + 3) * np};
+        q8_interleave_quads_reference(q, np, quads + t * np * 4);
+    }
+}
+
+START_TEST(column_gemm_kernels_equal_the_plain_sum_on_random_shapes)
+{
+    rng r = {41};
+    for (int t = 0; t < 40; t++) {
+        int64_t m = rng_int(&r, 1, 11), k = rng_int(&r, 1, 300);
+        /* whole tiles of Q8_COLS_NR positions and tails of Q8_COLS_STEP */
+        int64_t np = Q8_COLS_STEP * rng_int(&r, 1, 13), ldc = np + rng_int(&r, 0, 5);
+        int64_t kp = q8_gemm_kp(k), kpairs = (k + 1) / 2, kquads = (k + 3) / 4, kq4 = 4 * kquads;
+        uint8_t *rows = malloc((size_t)(4 * kquads * np)), *quads = malloc((size_t)(kq4 * np));
+        int16_t *pairs = malloc((size_t)(kpairs * np * 2) * sizeof *pairs);
+        int8_t *w = malloc((size_t)(m * k)), *wq = calloc((size_t)(m * kq4), 1);
+        int32_t *bias = malloc((size_t)m * sizeof *bias);
+        int32_t *want = malloc((size_t)(m * ldc) * 4), *got = malloc((size_t)(m * ldc) * 4);
+        make_col_operands(&r, k, np, rows, pairs, quads);
+        fill_weights(&r, w, m * k);
+        for (int64_t o = 0; o < m; o++) {
+            bias[o] = (int32_t)rng_int(&r, -100000, 100000);
+            memcpy(wq + o * kq4, w + o * k, (size_t)k);
+        }
+        int16_t *b = pack_rows(w, m, k, kp);
+        const int32_t *bp = t % 3 == 0 ? NULL : bias;
+        for (int64_t o = 0; o < m; o++)
+            for (int64_t p = 0; p < np; p++) {
+                int64_t sum = bp ? bias[o] : 0;
+                for (int64_t i = 0; i < k; i++)
+                    sum += (int64_t)w[o * k + i] * rows[i * np + p];
+                want[o * ldc + p] = (int32_t)sum;
+            }
+        for (int kernel = 0; kernel < 4; kernel++) {
+            if ((kernel == 1 && !q8_gemm_avx2_available()) ||
+                (kernel == 3 && !q8_gemm_vnni_available()))
+                continue;
+            memcpy(got, want, (size_t)(m * ldc) * 4); /* the padding columns stay put */
+            for (int64_t o = 0; o < m; o++)
+                for (int64_t p = 0; p < np; p++)
+                    got[o * ldc + p] = -1;
+            if (kernel == 0)
+                q8_gemm_cols_reference(m, kpairs, b, kp, pairs, np, bp, got, ldc);
+            else if (kernel == 1)
+                q8_gemm_cols_avx2(m, kpairs, b, kp, pairs, np, bp, got, ldc);
+            else if (kernel == 2)
+                q8_gemm_quads_reference(m, kquads, wq, kq4, quads, NULL, np, bp, got, ldc);
+            else
+                q8_gemm_quads_vnni(m, kquads, wq, kq4, quads, NULL, np, bp, got, ldc);
+            for (int64_t i = 0; i < m * ldc; i++)
+                ck_assert_msg(got[i] == want[i], "kernel %d m=%" PRId64 " k=%" PRId64
+                              " np=%" PRId64 " at %" PRId64 ": %d vs %d", kernel, m, k, np, i,
+                              got[i], want[i]);
+        }
+        free(rows), free(quads), free(pairs), free(w), free(wq), free(bias), free(want);
+        free(got), free(b);
+    }
+}
+END_TEST
+
+START_TEST(gemm_dot_vnni_equals_reference_on_random_shapes)
+{
+    /* linear's VNNI product: int8 weight rows, 32 bytes of K per step, a 16-byte tail,
+     * odd row counts (the last row runs twice in its tile) */
+    if (!q8_gemm_vnni_available())
+        return;
+    rng r = {45};
+    for (int t = 0; t < 40; t++) {
+        int64_t m = rng_int(&r, 1, 13), n = rng_int(&r, 1, 19), k = rng_int(&r, 1, 200);
+        int64_t kp = q8_gemm_kp(k), lda = kp + rng_int(&r, 0, 2) * 16;
+        uint8_t *a = calloc((size_t)(m * lda), 1);
+        int8_t *w = malloc((size_t)(n * k)), *wq = calloc((size_t)(n * kp), 1);
+        int32_t *bias = malloc((size_t)n * sizeof *bias);
+        int32_t *c1 = malloc((size_t)(m * n) * 4), *c2 = malloc((size_t)(m * n) * 4);
+        for (int64_t i = 0; i < m; i++)
+            fill_bytes(&r, a + i * lda, k);
+        fill_weights(&r, w, n * k);
+        for (int64_t j = 0; j < n; j++) {
+            bias[j] = (int32_t)rng_int(&r, -100000, 100000);
+            memcpy(wq + j * kp, w + j * k, (size_t)k);
+        }
+        int16_t *b = pack_rows(w, n, k, kp);
+        const int32_t *bp = t % 3 == 0 ? NULL : bias;
+        q8_gemm_reference(m, n, kp, a, lda, b, bp, c1, n, 1);
+        q8_gemm_dot_vnni(m, n, kp, a, lda, wq, bp, c2, n, 1);
+        for (int64_t i = 0; i < m * n; i++)
+            ck_assert_msg(c1[i] == c2[i], "m=%" PRId64 " n=%" PRId64 " k=%" PRId64 " at %" PRId64
+                          ": %d vs %d", m, n, k, i, c1[i], c2[i]);
+        free(a), free(w), free(wq), free(bias), free(c1), free(c2), free(b);
+    }
+}
+END_TEST
+
+START_TEST(column_gemm_worst_case_products_do_not_saturate)
+{
+    /* 255 * -128 four times in a vpdpbusd lane and 255 * 127 twice in a vpmaddwd lane: the
+     * sums go straight to int32, no int16 step saturates them. */
+    const int64_t m = 5, k = 4096, np = Q8_COLS_NR + Q8_COLS_STEP, kp = q8_gemm_kp(k);
+    const int64_t kpairs = k / 2, kquads = k / 4;
+    uint8_t *quads = malloc((size_t)(k * np));
+    int16_t *pairs = malloc((size_t)(k * np) * sizeof *pairs);
+    int16_t *b = malloc((size_t)(m * kp) * sizeof *b);
+    int8_t *wq = malloc((size_t)(m * k));
+    int32_t *c = malloc((size_t)(m * np) * 4);
+    memset(quads, 255, (size_t)(k * np));
+    for (int64_t i = 0; i < k * np; i++)
+        pairs[i] = 255;
+    for (int64_t o = 0; o < m; o++)
+        for (int64_t i = 0; i < kp; i++) {
+            b[o * kp + i] = (int16_t)(i >= k ? 0 : o % 2 ? -128 : 127);
+            if (i < k)
+                wq[o * k + i] = (int8_t)b[o * kp + i];
+        }
+    for (int kernel = 0; kernel < 4; kernel++) {
+        if ((kernel == 1 && !q8_gemm_avx2_available()) ||
+            (kernel == 3 && !q8_gemm_vnni_available()))
+            continue;
+        memset(c, 0, (size_t)(m * np) * 4);
+        if (kernel == 0)
+            q8_gemm_cols_reference(m, kpairs, b, kp, pairs, np, NULL, c, np);
+        else if (kernel == 1)
+            q8_gemm_cols_avx2(m, kpairs, b, kp, pairs, np, NULL, c, np);
+        else if (kernel == 2)
+            q8_gemm_quads_reference(m, kquads, wq, k, quads, NULL, np, NULL, c, np);
+        else
+            q8_gemm_quads_vnni(m, kquads, wq, k, quads, NULL, np, NULL, c, np);
+        for (int64_t i = 0; i < m * np; i++)
+            ck_assert_int_eq(c[i], (i / np) % 2 ? -255 * 128 * k : 255 * 127 * k);
+    }
+    free(quads), free(pairs), free(b), free(wq), free(c);
+}
+END_TEST
+
+START_TEST(interleave_kernels_equal_the_reference_on_odd_lengths)
+{
+    rng r = {43};
+    uint8_t rows[4][100], q1[400], q2[400];
+    int16_t p1[200], p2[200];
+    for (int t = 0; t < 30; t++) {
+        int64_t n = rng_int(&r, 0, 100);
+        for (int s = 0; s < 4; s++)
+            fill_bytes(&r, rows[s], 100);
+        const uint8_t *q[4] = {rows[0], rows[1], rows[2], rows[3]};
+        memset(p2, 0x5a, sizeof p2);
+        memset(q2, 0x5a, sizeof q2);
+        memcpy(p1, p2, sizeof p1);
+        memcpy(q1, q2, sizeof q1);
+        q8_interleave_pairs_reference(rows[0], rows[1], n, p1);
+        q8_interleave_pairs_avx2(rows[0], rows[1], n, p2);
+        q8_interleave_quads_reference(q, n, q1);
+        q8_interleave_quads_avx2(q, n, q2);
+        ck_assert_int_eq(memcmp(p1, p2, sizeof p1), 0); /* nothing written beyond n */
+        ck_assert_int_eq(memcmp(q1, q2, sizeof q1), 0);
+        for (int64_t i = 0; i < n; i++)
+            ck_assert(p1[2 * i + 1] == rows[1][i] && q1[4 * i + 3] == rows[3][i]);
+    }
+}
+END_TEST
+
+START_TEST(requant_avx2_one_channel_high_shifts_break_ties_to_even)
+{
+    /* step 0 with 32 <= shift <= 62 takes the 32-bit path of q8_requant_avx2; m0 = 2^30
+     * makes acc * m0 / 2^shift an exact half for odd multiples of 2^(shift - 31). */
+    if (!q8_gemm_avx2_available())
+        return;
+    rng r = {44};
+    int32_t acc[203];
+    uint8_t a[203], b[203];
+    for (int t = 0; t < 600; t++) {
+        int32_t shift = (int32_t)rng_int(&r, 32, 62), m0 = t % 2 ? 1 << 30 :
+                        (int32_t)rng_int(&r, INT64_C(1) << 30, INT32_MAX);
+        int64_t n = rng_int(&r, 1, 203);
+        q8_dtype dt = t % 3 ? Q8_U8 : Q8_I8;
+        int32_t zp = (int32_t)rng_int(&r, q8_qmin(dt), q8_qmax(dt));
+        int32_t lo = q8_qmin(dt), hi = q8_qmax(dt);
+        int32_t unit = shift - 31 < 31 ? 1 << (shift - 31) : 1 << 30;
+        for (int64_t i = 0; i < n; i++) {
+            int64_t v = i % 2 ? (int64_t)rng_int(&r, -300, 300) * unit + (i % 4 == 1 ? unit / 2 : 0)
+                              : rng_int(&r, INT32_MIN, INT32_MAX) >> rng_int(&r, 0, 31);
+            acc[i] = (int32_t)q8_clamp64(v, INT32_MIN, INT32_MAX);
+        }
+        q8_requant_reference(acc, n, &m0, &shift, 0, zp, lo, hi, a);
+        q8_requant_avx2(acc, n, &m0, &shift, 0, zp, lo, hi, b);
+        for (int64_t i = 0; i < n; i++)
+            ck_assert_msg(a[i] == b[i], "shift %d m0 %d acc %d: %d vs %d", shift, m0, acc[i], a[i],
+                          b[i]);
+    }
+}
+END_TEST
+
 START_TEST(pack_weights_refuses_weights_that_could_overflow_int32)
 {
     q8_node node = {.op = Q8_OP_LINEAR, .index = 7, .name = "fc"};
@@ -749,9 +952,19 @@ START_TEST(conv2d_matches_integer_and_real_references)
         {3, 1, 6, 9, 3, 2, 3, 1, 2, 0, 1, 1, 1, 1, Q8_U8, Q8_U8, true, Q8_ACT_NONE},  /* C=1 */
         {1, 2, 20, 17, 3, 1, 1, 1, 1, 0, 0, 1, 1, 1, Q8_I8, Q8_U8, true, Q8_ACT_NONE}, /* 2 chunks */
         {2, 6, 5, 4, 4, 2, 2, 1, 1, 1, 1, 1, 1, 2, Q8_U8, Q8_U8, true, Q8_ACT_RELU},
+        {2, 16, 14, 14, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, Q8_U8, Q8_U8, true, Q8_ACT_RELU}, /* refcnn */
+        {1, 64, 23, 30, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, Q8_I8, Q8_U8, true, Q8_ACT_NONE}, /* rows */
+        {19, 3, 6, 5, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, Q8_U8, Q8_U8, true, Q8_ACT_RELU}, /* slices */
+        {2, 8, 7, 5, 6, 3, 2, 1, 1, 2, 1, 2, 1, 2, Q8_I8, Q8_U8, true, Q8_ACT_RELU}, /* quads */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         check_layer(&cases[i], 100 + i);
+    /* stride 1 runs on the padded grid with the VNNI kernel where the CPU has it: the same
+     * cases with the vpmaddwd kernel (CQAT_Q8_GEMM=avx2 at load) */
+    setenv("CQAT_Q8_GEMM", "avx2", 1);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        check_layer(&cases[i], 200 + i);
+    unsetenv("CQAT_Q8_GEMM");
 }
 END_TEST
 
@@ -987,6 +1200,96 @@ START_TEST(max_pool2d_takes_the_window_max_with_padding_dilation_and_ceil_mode)
                 }
         ck_assert_float_eq(v.scale, 0.1f); /* qparams kept */
         q8_model_free(m);
+    }
+}
+END_TEST
+
+START_TEST(max_pool2d_2x2_rows_and_sliced_batches_match_the_window_max)
+{
+    /* the 2x2 stride-2 path: 16-byte blocks, odd widths (floor), the tail near the end of
+     * the input, int8 order; a batch above the slice size runs in slices over threads */
+    const q8_pool2d_desc d = {{2, 2}, {2, 2}, {0, 0}, {1, 1}, false, false, 0};
+    rng r = {71};
+    for (int t = 0; t < 4; t++) {
+        q8_dtype dt = t % 2 ? Q8_I8 : Q8_U8;
+        const int64_t n = t < 2 ? 3 : 21, c = 2, h = 5 + t, w = 37 - 3 * t;
+        q8_model *m = pool_model("max", dt, c, h, w, &d, NULL, 0, 0);
+        uint8_t *x = malloc((size_t)(n * c * h * w));
+        fill_bytes(&r, x, n * c * h * w);
+        q8_value_info v;
+        const uint8_t *y = run1(m, x, n, &v);
+        int64_t oh_n = h / 2, ow_n = w / 2;
+        ck_assert(v.shape[2] == oh_n && v.shape[3] == ow_n);
+        for (int64_t p = 0; p < n * c; p++)
+            for (int64_t oh = 0; oh < oh_n; oh++)
+                for (int64_t ow = 0; ow < ow_n; ow++) {
+                    int32_t best = q8_qmin(dt);
+                    for (int64_t i = 0; i < 2; i++)
+                        for (int64_t j = 0; j < 2; j++) {
+                            int32_t q = qv(x, (p * h + 2 * oh + i) * w + 2 * ow + j, dt);
+                            best = q > best ? q : best;
+                        }
+                    ck_assert_msg(qv(y, (p * oh_n + oh) * ow_n + ow, dt) == best,
+                                  "case %d plane %" PRId64 " (%" PRId64 ", %" PRId64 ")", t, p,
+                                  oh, ow);
+                }
+        free(x);
+        q8_model_free(m);
+    }
+}
+END_TEST
+
+START_TEST(lookup2_avx2_equals_reference_up_to_the_last_table_entry)
+{
+    /* add's 256 x 256 table read by 32-bit gathers: entry 65535 included */
+    if (!q8_gemm_avx2_available())
+        return;
+    rng r = {73};
+    uint8_t *table = q8_alloc(256 * 256 + 64), a[131], b[131], y1[131], y2[131];
+    fill_bytes(&r, table, 256 * 256 + 64);
+    for (int t = 0; t < 50; t++) {
+        int64_t n = rng_int(&r, 0, 131);
+        fill_bytes(&r, a, 131);
+        fill_bytes(&r, b, 131);
+        if (t % 5 == 0)
+            memset(a, 255, sizeof a), memset(b, 255, sizeof b);
+        q8_lookup2_reference(table, a, b, n, y1);
+        q8_lookup2_avx2(table, a, b, n, y2);
+        for (int64_t i = 0; i < n; i++)
+            ck_assert_int_eq(y2[i], y1[i]);
+        for (int64_t i = 0; i < n; i++)
+            ck_assert_int_eq(y1[i], table[a[i] * 256 + b[i]]);
+    }
+    q8_free(table);
+}
+END_TEST
+
+START_TEST(quantize_row_avx2_equals_reference_with_ties_nan_and_inf)
+{
+    if (!q8_gemm_avx2_available())
+        return;
+    rng r = {72};
+    float x[203];
+    uint8_t a[203], b[203];
+    for (int t = 0; t < 300; t++) {
+        int64_t n = rng_int(&r, 1, 203);
+        q8_dtype dt = t % 2 ? Q8_U8 : Q8_I8;
+        float scale = rng_float(&r, 0.001f, 0.5f), inv = 1.0f / scale;
+        int32_t zp = (int32_t)rng_int(&r, q8_qmin(dt), q8_qmax(dt));
+        int32_t qmin = (int32_t)rng_int(&r, q8_qmin(dt), zp), qmax = (int32_t)rng_int(&r, zp, q8_qmax(dt));
+        for (int64_t i = 0; i < n; i++) {
+            switch (i % 6) {
+            case 0: x[i] = ((float)rng_int(&r, -300, 300) + 0.5f) / inv; break; /* near ties */
+            case 1: x[i] = i % 12 == 1 ? NAN : -0.0f; break;
+            case 2: x[i] = i % 4 == 2 ? INFINITY : -INFINITY; break;
+            case 3: x[i] = rng_float(&r, -1e30f, 1e30f); break;
+            default: x[i] = rng_float(&r, -300.0f, 300.0f) * scale; break;
+            }
+        }
+        q8_quantize_row_reference(x, n, inv, zp, qmin, qmax, a);
+        q8_quantize_row_avx2(x, n, inv, zp, qmin, qmax, b);
+        for (int64_t i = 0; i < n; i++)
+            ck_assert_msg(a[i] == b[i], "x = %a: %d vs %d", (double)x[i], a[i], b[i]);
     }
 }
 END_TEST
@@ -2873,6 +3176,11 @@ Suite *make_suite(void)
     tcase_add_test(tc, gemm_avx2_equals_reference_on_random_shapes);
     tcase_add_test(tc, gemm_worst_case_products_over_long_k_do_not_saturate);
     tcase_add_test(tc, requant_avx2_equals_reference_on_random_rows);
+    tcase_add_test(tc, column_gemm_kernels_equal_the_plain_sum_on_random_shapes);
+    tcase_add_test(tc, column_gemm_worst_case_products_do_not_saturate);
+    tcase_add_test(tc, gemm_dot_vnni_equals_reference_on_random_shapes);
+    tcase_add_test(tc, interleave_kernels_equal_the_reference_on_odd_lengths);
+    tcase_add_test(tc, requant_avx2_one_channel_high_shifts_break_ties_to_even);
     tcase_add_test(tc, pack_weights_refuses_weights_that_could_overflow_int32);
     tcase_add_test(tc, pack_weights_folds_the_input_zero_point_into_the_bias);
     suite_add_tcase(s, tc);
@@ -2888,6 +3196,9 @@ Suite *make_suite(void)
     tcase_add_test(tc, mul_matches_the_float_product);
     tcase_add_test(tc, cat_requantizes_each_input_and_copies_equal_qparams);
     tcase_add_test(tc, max_pool2d_takes_the_window_max_with_padding_dilation_and_ceil_mode);
+    tcase_add_test(tc, max_pool2d_2x2_rows_and_sliced_batches_match_the_window_max);
+    tcase_add_test(tc, quantize_row_avx2_equals_reference_with_ties_nan_and_inf);
+    tcase_add_test(tc, lookup2_avx2_equals_reference_up_to_the_last_table_entry);
     tcase_add_test(tc, avg_pool2d_is_the_half_even_mean_with_both_pad_counting_rules);
     tcase_add_test(tc, adaptive_avg_pool2d_uses_pytorch_windows);
     tcase_add_test(tc, flatten_and_clamp_move_integers_without_changing_qparams);

@@ -66,22 +66,56 @@ static q8_status check(const q8_model *m, const q8_node *n)
     return st;
 }
 
+/* The sum of input bytes a and b (raw, u8 or i8): one output byte. */
+static uint8_t add_byte(const q8_model *m, const q8_node *n, uint8_t a, uint8_t b)
+{
+    const q8_value *av = q8_in(m, n, 0), *bv = q8_in(m, n, 1), *y = q8_out(m, n);
+    int64_t lift = INT64_C(1) << n->attr[LEFT_SHIFT];
+    int64_t ra = q8_rq((q8_load(&a, 0, av->dtype) - av->zero_point) * lift,
+                       (int32_t)n->attr[A_MULT], (int32_t)n->attr[A_SHIFT]);
+    int64_t rb = q8_rq((q8_load(&b, 0, bv->dtype) - bv->zero_point) * lift,
+                       (int32_t)n->attr[B_MULT], (int32_t)n->attr[B_SHIFT]);
+    return q8_rq_byte(ra + rb, (int32_t)n->attr[OUT_MULT], (int32_t)n->attr[OUT_SHIFT],
+                      y->zero_point, (int32_t)n->attr[CLAMP_MIN], (int32_t)n->attr[CLAMP_MAX]);
+}
+
+/* The output depends on the two input bytes only: all 256 x 256 results, computed once by
+ * the arithmetic above, make the run one table lookup per element (64 KiB, in L2). */
+static q8_status prepare(q8_model *m, q8_node *n)
+{
+    uint8_t *table = q8_alloc(256 * 256 + 64); // (a byte, b byte), slack for the gathers
+    if (!table)
+        return q8_node_error(n, Q8_ERR_NOMEM, "out of memory");
+    for (int a = 0; a < 256; a++)
+        for (int b = 0; b < 256; b++)
+            table[a * 256 + b] = add_byte(m, n, (uint8_t)a, (uint8_t)b);
+    memset(table + 256 * 256, 0, 64);
+    n->prep = table;
+    return Q8_OK;
+}
+
+static void release(q8_node *n)
+{
+    q8_free(n->prep);
+    n->prep = NULL;
+}
+
 static q8_status run(q8_model *m, const q8_node *n, int64_t batch)
 {
-    const q8_value *a = q8_in(m, n, 0), *b = q8_in(m, n, 1), *y = q8_out(m, n);
+    const uint8_t *table = n->prep;                 // (256, 256)
     const uint8_t *ad = q8_value_data(m, n->in[0]); // (N, ...)
     const uint8_t *bd = q8_value_data(m, n->in[1]); // (N, ...)
     uint8_t *yd = q8_value_data(m, n->out[0]);      // (N, ...)
-    int64_t total = batch * a->item_numel, lift = INT64_C(1) << n->attr[LEFT_SHIFT];
-    int32_t am = (int32_t)n->attr[A_MULT], as = (int32_t)n->attr[A_SHIFT];
-    int32_t bm = (int32_t)n->attr[B_MULT], bs = (int32_t)n->attr[B_SHIFT];
-    int32_t om = (int32_t)n->attr[OUT_MULT], os = (int32_t)n->attr[OUT_SHIFT];
-    int32_t lo = (int32_t)n->attr[CLAMP_MIN], hi = (int32_t)n->attr[CLAMP_MAX];
+    int64_t total = batch * q8_in(m, n, 0)->item_numel;
+    enum { BLOCK = 4096 };
+    int64_t blocks = (total + BLOCK - 1) / BLOCK;
 #pragma omp parallel for schedule(static) if (total > 32768)
-    for (int64_t i = 0; i < total; i++) {
-        int64_t ra = q8_rq((q8_load(ad, i, a->dtype) - a->zero_point) * lift, am, as);
-        int64_t rb = q8_rq((q8_load(bd, i, b->dtype) - b->zero_point) * lift, bm, bs);
-        yd[i] = q8_rq_byte(ra + rb, om, os, y->zero_point, lo, hi);
+    for (int64_t k = 0; k < blocks; k++) {
+        int64_t i = k * BLOCK, len = total - i < BLOCK ? total - i : BLOCK;
+        if (m->kernel == Q8_GEMM_AVX2)
+            q8_lookup2_avx2(table, ad + i, bd + i, len, yd + i);
+        else
+            q8_lookup2_reference(table, ad + i, bd + i, len, yd + i);
     }
     return Q8_OK;
 }
@@ -93,6 +127,8 @@ const q8_op_def q8_op_add = {
     .attrs = attrs,
     .n_attrs = sizeof attrs / sizeof attrs[0],
     .check = check,
+    .prepare = prepare,
+    .release = release,
     .run = run,
 };
 

@@ -9,11 +9,14 @@
  * in float (see docs/FORMAT.md for where the two can differ by one).
  *
  * Two kernels, chosen at prepare:
- * - GEMM: per image, per group and per chunk of output positions, im2row writes the
- *   patches as rows of A (uint8, int8 inputs shifted by +128), and q8_gemm multiplies
- *   them with the packed weights, whose bias already holds -zp_in * sum_k W (folded at
- *   pack time, so the loop never subtracts a zero point); the results come out
- *   transposed, one contiguous row per output channel, for the requantization;
+ * - GEMM (q8_gemm_cols / q8_gemm_quads of q8_impl.h): output channels as rows, output
+ *   positions as vector lanes, per image, group and chunk of positions; the packed bias
+ *   already holds -zp_in * sum_k W (folded at pack time, so the loop never subtracts a
+ *   zero point), padding is zp_in in the uint8 domain (int8 inputs shifted by +128), and
+ *   each channel's int32 results come out contiguous for the requantization. Stride 1
+ *   runs on the padded grid (conv_image_grid: every patch row is a slice of a padded
+ *   plane); other strides build the patch rows per position (conv_image). With AVX-VNNI
+ *   K goes in quads of bytes (vpdpbusd), else in int16 pairs (vpmaddwd);
  * - direct: depthwise (groups > 1, one input channel per group, any channel multiplier,
  *   output rows up to DIRECT_COLS wide): per output row and kernel tap, a branch-free
  *   loop over the output columns that subtracts zp_in and skips the padding.
@@ -64,7 +67,17 @@ typedef struct conv_prep {
     bool direct;
     q8_packed pk;       /* GEMM path */
     int32_t *bias;      /* direct path: b_q (O) */
-    int64_t chunk;      /* output positions per GEMM step */
+    int64_t chunk;      /* output positions per GEMM step, a multiple of Q8_COLS_STEP */
+    int64_t kpairs;     /* ceil(K / 2) */
+    bool grid;          /* stride 1: positions on the padded grid (see conv_image_grid) */
+    int64_t hp, wp;     /* grid: the padded input plane */
+    int64_t grid_rows;  /* grid: output rows per GEMM step */
+    bool vnni;          /* grid: the AVX-VNNI kernel on K in quads (with the AVX2 kernel) */
+    int64_t kquads, kq4; /* ceil(K / 4), its bytes */
+    int8_t *wq;         /* vnni: (O, kq4) the weights zero padded */
+    int64_t *koff;      /* grid: (K) where patch row k starts in the padded planes */
+    bool cquads;        /* vnni with cg % 4 == 0: channel quads interleaved in the planes */
+    int64_t *qoff;      /* cquads: (kquads) where K quad t starts, t = (i*kw + j)*(cg/4) + q */
     int32_t zp_u8;      /* input zero point, shifted to uint8 for int8 inputs */
     uint8_t xor_in;
 } conv_prep;
@@ -150,6 +163,9 @@ static void release(q8_node *n)
     conv_prep *pp = n->prep;
     q8_packed_free(&pp->pk);
     free(pp->bias);
+    free(pp->wq);
+    free(pp->koff);
+    free(pp->qoff);
     free(pp);
     n->prep = NULL;
 }
@@ -180,6 +196,88 @@ static q8_status prepare_direct(const q8_node *n, conv_prep *pp)
     return Q8_OK;
 }
 
+/* Output positions per GEMM step: all of an image when its patch operand (kpairs x chunk
+ * int16 pairs) stays within COLS_BYTES, so that it is built once and read from L2 by
+ * every channel tile; at least one Q8_COLS_NR block (a multiple of Q8_COLS_STEP). */
+enum { COLS_BYTES = 256 * 1024 };
+static int64_t round_nr(int64_t p) { return (p + Q8_COLS_STEP - 1) / Q8_COLS_STEP * Q8_COLS_STEP; }
+static int64_t chunk_of(int64_t p, int64_t kpairs)
+{
+    int64_t fit = COLS_BYTES / (kpairs * 4) / Q8_COLS_NR * Q8_COLS_NR;
+    fit = fit < Q8_COLS_NR ? Q8_COLS_NR : fit;
+    return round_nr(p) < fit ? round_nr(p) : fit;
+}
+
+static size_t round64(size_t b) { return (b + 63) / 64 * 64; }
+
+/* Bytes of the grid path's padded planes (cg of them), with the slack its last operand
+ * rows read beyond the last plane (a tap's offset plus the rounding to Q8_COLS_STEP, in
+ * 4-byte pixels for the channel-quad layout). */
+static size_t planes_bytes(const conv_prep *pp)
+{
+    const conv_geom *g = &pp->g;
+    return (size_t)(g->cg * pp->hp * pp->wp + ((g->kw - 1) * g->dw + Q8_COLS_NR) * 4);
+}
+
+/* The scratch of one thread: the patch rows (two uint8 rows, or the grid path's padded
+ * planes and a zero row), the pair-interleaved operand, the int32 results and one row of
+ * output bytes; returns its size (base may be NULL). */
+typedef struct conv_scratch {
+    uint8_t *rows;
+    int16_t *cols; // (kpairs, chunk, 2)
+    int32_t *acc;  // (og, chunk)
+    uint8_t *out;  // (chunk)
+} conv_scratch;
+static size_t scratch_layout(const conv_prep *pp, uint8_t *base, conv_scratch *sc)
+{
+    size_t rows = round64((size_t)(2 * pp->chunk));
+    if (pp->grid)
+        rows = round64(planes_bytes(pp)) + round64((size_t)pp->chunk);
+    size_t ops = round64((size_t)(pp->kpairs * pp->chunk) * 2 * sizeof(int16_t));
+    size_t res = round64((size_t)(pp->g.og * pp->chunk) * sizeof(int32_t));
+    if (base) {
+        sc->rows = base;
+        sc->cols = (int16_t *)(base + rows);
+        sc->acc = (int32_t *)(base + rows + ops);
+        sc->out = base + rows + ops + res;
+    }
+    return rows + ops + res + round64((size_t)pp->chunk);
+}
+
+/* The weights zero padded to whole quads of K for the VNNI kernel (the folded bias and
+ * the accumulator check are q8_pack_weights'). */
+static q8_status prepare_quads(const q8_node *n, conv_prep *pp)
+{
+    const conv_geom *g = &pp->g;
+    const int8_t *w = n->cst[WEIGHT].data; // (O, K)
+    pp->kquads = (g->k + 3) / 4;
+    pp->kq4 = 4 * pp->kquads;
+    pp->vnni = q8_gemm_vnni_available();
+    if (!pp->vnni)
+        return Q8_OK;
+    pp->cquads = g->cg % 4 == 0;
+    pp->wq = calloc((size_t)(g->o * pp->kq4), 1);
+    pp->qoff = pp->cquads ? malloc((size_t)pp->kquads * sizeof *pp->qoff) : NULL;
+    if (!pp->wq || (pp->cquads && !pp->qoff))
+        return q8_node_error(n, Q8_ERR_NOMEM, "out of memory");
+    if (!pp->cquads) {
+        for (int64_t o = 0; o < g->o; o++)
+            memcpy(pp->wq + o * pp->kq4, w + o * g->k, (size_t)g->k);
+        return Q8_OK;
+    }
+    /* K reordered as (tap, channel quad, channel in quad), the order of the planes */
+    const int64_t taps = g->kh * g->kw, nq = g->cg / 4;
+    for (int64_t tap = 0; tap < taps; tap++)
+        for (int64_t q = 0; q < nq; q++) {
+            int64_t t = tap * nq + q, i = tap / g->kw, j = tap % g->kw;
+            pp->qoff[t] = ((q * pp->hp + i * g->dh) * pp->wp + j * g->dw) * 4;
+            for (int64_t o = 0; o < g->o; o++)
+                for (int64_t s = 0; s < 4; s++)
+                    pp->wq[o * pp->kq4 + 4 * t + s] = w[o * g->k + (4 * q + s) * taps + tap];
+        }
+    return Q8_OK;
+}
+
 static q8_status prepare(q8_model *m, q8_node *n)
 {
     conv_prep *pp = calloc(1, sizeof *pp);
@@ -199,56 +297,96 @@ static q8_status prepare(q8_model *m, q8_node *n)
                                    pp->zp_u8, &pp->pk);
     if (st != Q8_OK)
         return st;
-    pp->chunk = pp->g.p < Q8_CHUNK_ROWS ? pp->g.p : Q8_CHUNK_ROWS;
-    n->scratch_bytes = (size_t)((pp->chunk * pp->pk.kp + 63) / 64 * 64) +
-                       (size_t)(pp->chunk * pp->g.og) * sizeof(int32_t);
+    pp->kpairs = (pp->g.k + 1) / 2;
+    const conv_geom *g = &pp->g;
+    pp->grid = g->sh == 1 && g->sw == 1;
+    pp->chunk = chunk_of(g->p, pp->kpairs);
+    if (pp->grid) {
+        pp->hp = g->h + 2 * g->ph;
+        pp->wp = g->w + 2 * g->pw;
+        int64_t fit = COLS_BYTES / (pp->kpairs * 4) / pp->wp;
+        pp->grid_rows = fit < 1 ? 1 : fit < g->oh ? fit : g->oh;
+        pp->chunk = round_nr(pp->grid_rows * pp->wp);
+        st = prepare_quads(n, pp);
+        if (st != Q8_OK)
+            return st;
+        pp->koff = malloc((size_t)g->k * sizeof *pp->koff);
+        if (!pp->koff)
+            return q8_node_error(n, Q8_ERR_NOMEM, "out of memory");
+        for (int64_t k = 0; k < g->k; k++) { /* k = (c*kh + i)*kw + j */
+            int64_t c = k / (g->kh * g->kw), i = k / g->kw % g->kh, j = k % g->kw;
+            pp->koff[k] = (c * pp->hp + i * g->dh) * pp->wp + j * g->dw;
+        }
+    }
+    n->scratch_bytes = scratch_layout(pp, NULL, NULL);
     return Q8_OK;
 }
 
-/* One patch row: a[(c*kh + i)*kw + j] = x[grp*cg + c][ih][iw] (uint8 domain), padding =
- * zp_u8. Whether a kernel row lies inside the image does not depend on the channel, so
- * the checks are made once per (row, i) and the channel loop only copies. */
-static void patch(const conv_prep *pp, const uint8_t *xg, int64_t oh, int64_t ow, uint8_t *ar)
+/* Output columns [ow_lo, ow_hi) whose input column ow*sw - pw + j*dw is inside [0, W). */
+static void valid_cols(const conv_geom *g, int64_t j, int64_t *ow_lo, int64_t *ow_hi)
+{
+    int64_t off = j * g->dw - g->pw; /* iw = ow * sw + off */
+    int64_t lo = off >= 0 ? 0 : (-off + g->sw - 1) / g->sw;
+    int64_t hi = g->w - 1 - off < 0 ? 0 : (g->w - 1 - off) / g->sw + 1;
+    *ow_lo = lo < g->ow ? lo : g->ow;
+    *ow_hi = hi < g->ow ? hi : g->ow;
+    if (*ow_hi < *ow_lo)
+        *ow_hi = *ow_lo;
+}
+
+static int64_t clamp_i64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+/* Row k = (c, i, j) of the patch matrix over output positions [p0, p0 + cols): dst[p - p0]
+ * = x[c][oh*sh - ph + i*dh][ow*sw - pw + j*dw] in the uint8 domain, zp_u8 in the padding.
+ * Per output row the inside columns are one run (a memcpy at stride 1). */
+static void patch_row(const conv_prep *pp, const uint8_t *xc, int64_t i, int64_t j, int64_t p0,
+                      int64_t cols, uint8_t *dst)
 {
     const conv_geom g = pp->g; /* a local copy: the byte stores below alias everything */
     const uint8_t pad = (uint8_t)pp->zp_u8, flip = pp->xor_in;
-    const int64_t plane = g.h * g.w, iw0 = ow * g.sw - g.pw;
-    const bool cols_inside = iw0 >= 0 && iw0 + (g.kw - 1) * g.dw < g.w;
-    for (int64_t i = 0; i < g.kh; i++) {
+    int64_t lo = 0, hi = 0, off = j * g.dw - g.pw;
+    valid_cols(&g, j, &lo, &hi);
+    for (int64_t p = p0; p < p0 + cols;) {
+        int64_t oh = p / g.ow, ow0 = p % g.ow;
+        int64_t ow1 = g.ow < ow0 + (p0 + cols - p) ? g.ow : ow0 + (p0 + cols - p);
         int64_t ih = oh * g.sh - g.ph + i * g.dh;
-        uint8_t *dst = ar + i * g.kw;
-        if (ih < 0 || ih >= g.h) {
-            for (int64_t c = 0; c < g.cg; c++)
-                memset(dst + c * g.kh * g.kw, pad, (size_t)g.kw);
-        } else if (cols_inside) {
-            const uint8_t *src = xg + ih * g.w + iw0;
-            for (int64_t c = 0; c < g.cg; c++, src += plane, dst += g.kh * g.kw)
-                for (int64_t j = 0; j < g.kw; j++)
-                    dst[j] = (uint8_t)(src[j * g.dw] ^ flip);
-        } else {
-            const uint8_t *src = xg + ih * g.w;
-            for (int64_t c = 0; c < g.cg; c++, src += plane, dst += g.kh * g.kw)
-                for (int64_t j = 0; j < g.kw; j++) {
-                    int64_t iw = iw0 + j * g.dw;
-                    dst[j] = iw >= 0 && iw < g.w ? (uint8_t)(src[iw] ^ flip) : pad;
-                }
-        }
+        uint8_t *d = dst + (p - p0) - ow0; /* d[ow] */
+        int64_t a = ih < 0 || ih >= g.h ? ow1 : clamp_i64(lo, ow0, ow1);
+        int64_t b = ih < 0 || ih >= g.h ? ow1 : clamp_i64(hi, a, ow1);
+        const uint8_t *xr = xc + ih * g.w + off; /* xr[ow * sw], used for ow in [a, b) only */
+        memset(d + ow0, pad, (size_t)(a - ow0));
+        if (g.sw == 1 && !flip)
+            memcpy(d + a, xr + a, (size_t)(b - a));
+        else
+            for (int64_t ow = a; ow < b; ow++)
+                d[ow] = (uint8_t)(xr[ow * g.sw] ^ flip);
+        memset(d + b, pad, (size_t)(ow1 - b));
+        p += ow1 - ow0;
     }
 }
 
-/* Rows p0 .. p0+rows of the patch matrix of group grp of one image (kp bytes each, zero
- * padded beyond K). */
-static void im2row(const conv_prep *pp, const uint8_t *xb, int64_t grp, int64_t p0,
-                   int64_t rows, uint8_t *a)
+/* The GEMM operand of positions [p0, p0 + cols) of group grp: K in pairs, each pair's two
+ * patch rows interleaved and widened ((kpairs, np, 2) int16; columns beyond cols and the
+ * row beyond an odd K are zero). */
+static void build_cols(const q8_model *m, const conv_prep *pp, const uint8_t *xg, int64_t p0,
+                       int64_t cols, int64_t np, uint8_t *rows, int16_t *out)
 {
     const conv_geom *g = &pp->g;
-    const uint8_t *xg = xb + grp * g->cg * g->h * g->w; // (cg, H, W)
-    int64_t kp = pp->pk.kp;
-#pragma omp parallel for schedule(static) if (rows * g->k > 65536 && !omp_in_parallel())
-    for (int64_t r = 0; r < rows; r++) {
-        uint8_t *ar = a + r * kp; // (kp)
-        patch(pp, xg, (p0 + r) / g->ow, (p0 + r) % g->ow, ar);
-        memset(ar + g->k, 0, (size_t)(kp - g->k));
+    const int64_t taps = g->kh * g->kw, plane = g->h * g->w;
+    memset(rows, 0, (size_t)(2 * np));
+    for (int64_t t = 0; t < pp->kpairs; t++) {
+        for (int64_t s = 0; s < 2; s++) {
+            int64_t k = 2 * t + s;
+            uint8_t *r = rows + s * np;
+            if (k < g->k)
+                patch_row(pp, xg + k / taps * plane, k % taps / g->kw, k % g->kw, p0, cols, r);
+            else
+                memset(r, 0, (size_t)np);
+        }
+        if (m->kernel == Q8_GEMM_AVX2)
+            q8_interleave_pairs_avx2(rows, rows + np, np, out + t * np * 2);
+        else
+            q8_interleave_pairs_reference(rows, rows + np, np, out + t * np * 2);
     }
 }
 
@@ -270,28 +408,153 @@ static requant_args requant_of(const q8_model *m, const q8_node *n)
     return r;
 }
 
-/* One image through im2row, GEMM and requantization, chunk by chunk, in `scratch`. Run
- * inside the per-image parallel loop, the inner loops stay serial (omp_in_parallel). */
+/* Padded copies of the cg planes of one group, uint8 domain, zp_u8 around: (cg, Hp, Wp). */
+static void pad_planes(const conv_prep *pp, const uint8_t *xg, uint8_t *planes)
+{
+    const conv_geom *g = &pp->g;
+    const uint8_t pad = (uint8_t)pp->zp_u8, flip = pp->xor_in;
+    memset(planes, pad, planes_bytes(pp));
+    for (int64_t c = 0; c < g->cg; c++)
+        for (int64_t ih = 0; ih < g->h; ih++) {
+            const uint8_t *src = xg + (c * g->h + ih) * g->w; // (W)
+            uint8_t *dst = planes + (c * pp->hp + ih + g->ph) * pp->wp + g->pw;
+            memcpy(dst, src, (size_t)g->w);
+            for (int64_t iw = 0; flip && iw < g->w; iw++)
+                dst[iw] ^= flip;
+        }
+}
+
+/* Row k of the grid operand from output row oh0 on: a slice of a padded plane (zero rows
+ * beyond K). */
+static const uint8_t *grid_row(const conv_prep *pp, const uint8_t *planes, const uint8_t *zero,
+                               int64_t k, int64_t oh0)
+{
+    return k < pp->g.k ? planes + pp->koff[k] + oh0 * pp->wp : zero;
+}
+
+static void grid_pairs(const q8_model *m, const conv_prep *pp, const uint8_t *planes,
+                       const uint8_t *zero, int64_t oh0, int64_t np, int16_t *cols)
+{
+    for (int64_t t = 0; t < pp->kpairs; t++) {
+        const uint8_t *r0 = grid_row(pp, planes, zero, 2 * t, oh0);
+        const uint8_t *r1 = grid_row(pp, planes, zero, 2 * t + 1, oh0);
+        if (m->kernel == Q8_GEMM_AVX2)
+            q8_interleave_pairs_avx2(r0, r1, np, cols + t * np * 2);
+        else
+            q8_interleave_pairs_reference(r0, r1, np, cols + t * np * 2);
+    }
+}
+
+static void grid_quads(const conv_prep *pp, const uint8_t *planes, const uint8_t *zero,
+                       int64_t oh0, int64_t np, uint8_t *cols)
+{
+    for (int64_t t = 0; t < pp->kquads; t++) {
+        const uint8_t *r[4];
+        for (int64_t s = 0; s < 4; s++)
+            r[s] = grid_row(pp, planes, zero, 4 * t + s, oh0);
+        q8_interleave_quads_avx2(r, np, cols + t * np * 4);
+    }
+}
+
+/* The cquads layout: (cg/4, Hp, Wp, 4), the 4 channels of a quad interleaved per pixel, so
+ * that quad q of tap (i, j) at grid positions p.. is 4p bytes from qoff[t]: the GEMM
+ * reads its operand straight from here, nothing is interleaved per K. */
+static void pad_planes_quads(const conv_prep *pp, const uint8_t *xg, uint8_t *planes)
+{
+    const conv_geom *g = &pp->g;
+    const uint8_t flip = pp->xor_in;
+    memset(planes, pp->zp_u8, planes_bytes(pp));
+    for (int64_t q = 0; q < g->cg / 4; q++)
+        for (int64_t ih = 0; ih < g->h; ih++) {
+            const uint8_t *r[4]; // (W) each: row ih of channels 4q .. 4q+3
+            for (int64_t s = 0; s < 4; s++)
+                r[s] = xg + ((4 * q + s) * g->h + ih) * g->w;
+            uint8_t *dst = planes + ((q * pp->hp + ih + g->ph) * pp->wp + g->pw) * 4; // (W, 4)
+            if (!flip) {
+                q8_interleave_quads_avx2(r, g->w, dst); /* cquads runs with the AVX2 kernels */
+                continue;
+            }
+            for (int64_t iw = 0; iw < g->w; iw++)
+                for (int64_t s = 0; s < 4; s++)
+                    dst[4 * iw + s] = (uint8_t)(r[s][iw] ^ flip);
+        }
+}
+
+/* Stride 1: the conv computed at every position oh*Wp + ow of the padded grid (ow < Wp,
+ * the columns ow >= OW are computed and dropped, Wp/OW more work), which makes every
+ * patch row a contiguous slice of a padded plane: tap (c, i, j) of rows [oh0, oh1) starts
+ * at plane c, (oh0 + i*dh)*Wp + j*dw. No per-position copies, no per-row bounds. */
+static void conv_image_grid(const q8_model *m, const q8_node *n, const uint8_t *xb,
+                            uint8_t *yb, uint8_t *scratch)
+{
+    const conv_prep *pp = n->prep;
+    const conv_geom *g = &pp->g;
+    requant_args rq = requant_of(m, n);
+    q8_gemm_cols_fn gemm = m->kernel == Q8_GEMM_AVX2 ? q8_gemm_cols_avx2 : q8_gemm_cols_reference;
+    conv_scratch sc;
+    scratch_layout(pp, scratch, &sc);
+    uint8_t *planes = sc.rows;                                // (cg, Hp, Wp) + slack
+    uint8_t *zero = sc.rows + round64(planes_bytes(pp));     // (chunk)
+    memset(zero, 0, (size_t)pp->chunk);
+    for (int64_t grp = 0; grp < g->groups; grp++) {
+        const uint8_t *xg = xb + grp * g->cg * g->h * g->w; // (cg, H, W)
+        bool cquads = m->kernel == Q8_GEMM_AVX2 && pp->vnni && pp->cquads;
+        if (cquads)
+            pad_planes_quads(pp, xg, planes);
+        else
+            pad_planes(pp, xg, planes);
+        for (int64_t oh0 = 0; oh0 < g->oh; oh0 += pp->grid_rows) {
+            int64_t rows = g->oh - oh0 < pp->grid_rows ? g->oh - oh0 : pp->grid_rows;
+            int64_t np = round_nr(rows * pp->wp);
+            const int8_t *wq = pp->wq + grp * g->og * pp->kq4;
+            if (cquads)
+                q8_gemm_quads_vnni(g->og, pp->kquads, wq, pp->kq4, planes + oh0 * pp->wp * 4,
+                                   pp->qoff, np, pp->pk.bias + grp * g->og, sc.acc, np);
+            else if (m->kernel == Q8_GEMM_AVX2 && pp->vnni) {
+                grid_quads(pp, planes, zero, oh0, np, (uint8_t *)sc.cols);
+                q8_gemm_quads_vnni(g->og, pp->kquads, wq, pp->kq4, (const uint8_t *)sc.cols,
+                                   NULL, np, pp->pk.bias + grp * g->og, sc.acc, np);
+            } else {
+                grid_pairs(m, pp, planes, zero, oh0, np, sc.cols);
+                gemm(g->og, pp->kpairs, pp->pk.w + grp * g->og * pp->pk.kp, pp->pk.kp, sc.cols,
+                     np, pp->pk.bias + grp * g->og, sc.acc, np);
+            }
+            for (int64_t o = 0; o < g->og; o++) {
+                int64_t oc = grp * g->og + o, mi = rq.n_mult == 1 ? 0 : oc;
+                q8_requant(m->kernel, sc.acc + o * np, rows * pp->wp, rq.mult + mi,
+                           rq.shift + mi, 0, rq.zp, rq.lo, rq.hi, sc.out);
+                uint8_t *yo = yb + oc * g->p + oh0 * g->ow; // (rows, OW)
+                for (int64_t r = 0; r < rows; r++)
+                    memcpy(yo + r * g->ow, sc.out + r * pp->wp, (size_t)g->ow);
+            }
+        }
+    }
+}
+
+/* One image through the patch operand, the column GEMM and requantization, chunk by
+ * chunk, in `scratch`. The results come out one contiguous row per output channel. */
 static void conv_image(const q8_model *m, const q8_node *n, const uint8_t *xb, uint8_t *yb,
                        uint8_t *scratch)
 {
     const conv_prep *pp = n->prep;
     const conv_geom *g = &pp->g;
     requant_args rq = requant_of(m, n);
-    uint8_t *a = scratch;                                                  // (chunk, kp)
-    int32_t *acc = (int32_t *)(scratch + (pp->chunk * pp->pk.kp + 63) / 64 * 64); // (og, chunk)
-    bool inner = !omp_in_parallel();
+    q8_gemm_cols_fn gemm = m->kernel == Q8_GEMM_AVX2 ? q8_gemm_cols_avx2 : q8_gemm_cols_reference;
+    conv_scratch sc;
+    scratch_layout(pp, scratch, &sc);
+    int16_t *cols = sc.cols; // (kpairs, chunk, 2)
+    int32_t *acc = sc.acc;   // (og, chunk)
     for (int64_t grp = 0; grp < g->groups; grp++) {
+        const uint8_t *xg = xb + grp * g->cg * g->h * g->w; // (cg, H, W)
         for (int64_t p0 = 0; p0 < g->p; p0 += pp->chunk) {
-            int64_t rows = g->p - p0 < pp->chunk ? g->p - p0 : pp->chunk;
-            im2row(pp, xb, grp, p0, rows, a);
-            /* stored transposed, (og, rows): each channel's results are contiguous */
-            q8_gemm(m->kernel, rows, g->og, pp->pk.kp, a, pp->pk.kp,
-                    pp->pk.w + grp * g->og * pp->pk.kp, pp->pk.bias + grp * g->og, acc, 1, rows);
-#pragma omp parallel for schedule(static) if (inner && rows * g->og > 16384)
+            int64_t n_pos = g->p - p0 < pp->chunk ? g->p - p0 : pp->chunk;
+            int64_t np = round_nr(n_pos);
+            build_cols(m, pp, xg, p0, n_pos, np, scratch, cols);
+            gemm(g->og, pp->kpairs, pp->pk.w + grp * g->og * pp->pk.kp, pp->pk.kp, cols, np,
+                 pp->pk.bias + grp * g->og, acc, np);
             for (int64_t o = 0; o < g->og; o++) {
                 int64_t oc = grp * g->og + o, mi = rq.n_mult == 1 ? 0 : oc;
-                q8_requant(m->kernel, acc + o * rows, rows, rq.mult + mi, rq.shift + mi, 0, rq.zp,
+                q8_requant(m->kernel, acc + o * np, n_pos, rq.mult + mi, rq.shift + mi, 0, rq.zp,
                            rq.lo, rq.hi, yb + oc * g->p + p0);
             }
         }
@@ -303,26 +566,15 @@ static void conv_image(const q8_model *m, const q8_node *n, const uint8_t *xb, u
  * parallelizes inside instead. */
 static void run_gemm(q8_model *m, const q8_node *n, int64_t batch)
 {
-    const conv_geom *g = &((const conv_prep *)n->prep)->g;
+    const conv_prep *pp = n->prep;
+    const conv_geom *g = &pp->g;
     const uint8_t *x = q8_value_data(m, n->in[0]); // (N, C, H, W)
     uint8_t *y = q8_value_data(m, n->out[0]);      // (N, O, OH, OW)
     bool per_image = batch > 1 && m->scratch_threads > 1;
 #pragma omp parallel for schedule(dynamic, 1) if (per_image)
     for (int64_t b = 0; b < batch; b++)
-        conv_image(m, n, x + b * g->c * g->h * g->w, y + b * g->o * g->p,
+        (pp->grid ? conv_image_grid : conv_image)(m, n, x + b * g->c * g->h * g->w, y + b * g->o * g->p,
                    q8_scratch(m, per_image ? omp_get_thread_num() : 0));
-}
-
-/* Output columns [ow_lo, ow_hi) whose input column ow*sw - pw + j*dw is inside [0, W). */
-static void valid_cols(const conv_geom *g, int64_t j, int64_t *ow_lo, int64_t *ow_hi)
-{
-    int64_t off = j * g->dw - g->pw; /* iw = ow * sw + off */
-    int64_t lo = off >= 0 ? 0 : (-off + g->sw - 1) / g->sw;
-    int64_t hi = g->w - 1 - off < 0 ? 0 : (g->w - 1 - off) / g->sw + 1;
-    *ow_lo = lo < g->ow ? lo : g->ow;
-    *ow_hi = hi < g->ow ? hi : g->ow;
-    if (*ow_hi < *ow_lo)
-        *ow_hi = *ow_lo;
 }
 
 /* One output row of one depthwise channel: per kernel tap, a branch-free loop over the

@@ -9,6 +9,7 @@
 #include "quantized/builder.h"
 
 #include <inttypes.h>
+#include <omp.h>
 #include <stdlib.h>
 
 enum { CLAMP_MIN, CLAMP_MAX };
@@ -28,6 +29,7 @@ static const q8_weight_consts wconsts = {WEIGHT_SCALE, BIAS, MULTIPLIER, SHIFT};
 
 typedef struct linear_prep {
     q8_packed pk;
+    int8_t *wq;    /* AVX-VNNI: (O, kp) the int8 weights zero padded, else NULL */
     bool in_place; /* the input rows are already GEMM rows */
     uint8_t xor_in;
 } linear_prep;
@@ -67,6 +69,7 @@ static void release(q8_node *n)
 {
     linear_prep *pp = n->prep;
     q8_packed_free(&pp->pk);
+    free(pp->wq);
     free(pp);
     n->prep = NULL;
 }
@@ -86,9 +89,31 @@ static q8_status prepare(q8_model *m, q8_node *n)
     if (st != Q8_OK)
         return st;
     pp->in_place = pp->xor_in == 0 && pp->pk.kp == pp->pk.k;
+    if (q8_gemm_vnni_available()) {
+        pp->wq = calloc((size_t)(pp->pk.n * pp->pk.kp), 1);
+        if (!pp->wq)
+            return q8_node_error(n, Q8_ERR_NOMEM, "out of memory");
+        for (int64_t o = 0; o < pp->pk.n; o++)
+            memcpy(pp->wq + o * pp->pk.kp, (const int8_t *)w->data + o * pp->pk.k,
+                   (size_t)pp->pk.k);
+    }
     n->scratch_bytes = (size_t)((Q8_CHUNK_ROWS * pp->pk.kp + 63) / 64 * 64) +
                        (size_t)(Q8_CHUNK_ROWS * pp->pk.n) * sizeof(int32_t);
     return Q8_OK;
+}
+
+/* The VNNI product over blocks of rows (in parallel unless the run already is). */
+static void gemm_vnni(const q8_packed *pk, const int8_t *wq, int64_t rows, const uint8_t *a,
+                      int32_t *acc)
+{
+    enum { BLOCK = 16 };
+    int64_t blocks = (rows + BLOCK - 1) / BLOCK;
+#pragma omp parallel for schedule(static) if (blocks > 1 && !omp_in_parallel())
+    for (int64_t b = 0; b < blocks; b++) {
+        int64_t r0 = b * BLOCK, len = rows - r0 < BLOCK ? rows - r0 : BLOCK;
+        q8_gemm_dot_vnni(len, pk->n, pk->kp, a + r0 * pk->kp, pk->kp, wq, pk->bias,
+                         acc + r0 * pk->n, pk->n, 1);
+    }
 }
 
 static q8_status run(q8_model *m, const q8_node *n, int64_t batch)
@@ -114,7 +139,10 @@ static q8_status run(q8_model *m, const q8_node *n, int64_t batch)
             }
             ar = a;
         }
-        q8_gemm(m->kernel, rows, pk->n, pk->kp, ar, pk->kp, pk->w, pk->bias, acc, pk->n, 1);
+        if (m->kernel == Q8_GEMM_AVX2 && pp->wq)
+            gemm_vnni(pk, pp->wq, rows, ar, acc);
+        else
+            q8_gemm(m->kernel, rows, pk->n, pk->kp, ar, pk->kp, pk->w, pk->bias, acc, pk->n, 1);
 #pragma omp parallel for schedule(static) if (rows * pk->n > 16384)
         for (int64_t r = 0; r < rows; r++)
             q8_requant(m->kernel, acc + r * pk->n, pk->n, mult, shift, per_tensor ? 0 : 1, zp,

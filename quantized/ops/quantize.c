@@ -39,9 +39,16 @@ static q8_status run(q8_model *m, const q8_node *n, int64_t batch)
     float inv = 1.0f / y->scale;
     int32_t zp = y->zero_point, qmin = (int32_t)n->attr[CLAMP_MIN];
     int32_t qmax = (int32_t)n->attr[CLAMP_MAX];
+    enum { BLOCK = 4096 };
+    int64_t blocks = (total + BLOCK - 1) / BLOCK;
 #pragma omp parallel for schedule(static) if (total > 65536)
-    for (int64_t i = 0; i < total; i++)
-        yd[i] = (uint8_t)q8_quantize_inv(xd[i], inv, zp, qmin, qmax);
+    for (int64_t b = 0; b < blocks; b++) {
+        int64_t i = b * BLOCK, len = total - i < BLOCK ? total - i : BLOCK;
+        if (m->kernel == Q8_GEMM_AVX2)
+            q8_quantize_row_avx2(xd + i, len, inv, zp, qmin, qmax, yd + i);
+        else
+            q8_quantize_row_reference(xd + i, len, inv, zp, qmin, qmax, yd + i);
+    }
     return Q8_OK;
 }
 
