@@ -3,7 +3,8 @@
 
     /usr/bin/python3 bench/compare.py [--build build] [--reps 5] [--seconds 3] [--quick]
 
-Runs cqat_bench and torch_bench.py alternately, --reps times each, on the same
+Runs cqat_bench and torch_bench.py alternately (both with OMP_WAIT_POLICY=PASSIVE:
+with OpenMP's default spinning, either falls several-fold on a busy machine), --reps times each, on the same
 machine, data, batch sizes and thread count, and prints for every figure the medians
 of both and the ratio cqat / PyTorch (machines here are shared and noisy: only ratios
 from one run mean anything). Figures: float training (batch 64), QAT training
@@ -49,10 +50,10 @@ def measure(args, what, batch, threads, torch_ok, cases):
                           str(threads), "--seconds", str(args.seconds)], env)
             cq.append(r["samples_per_s"])
             cq_rss.append(r["peak_rss_mb"])
-        if torch_ok:
+        if torch_ok:  # PASSIVE too: PyTorch's own best on a shared machine
             r = run_json([DEBIAN_PY, os.path.join(HERE, "torch_bench.py"), "--what", what,
                           "--batch", str(batch), "--threads", str(threads), "--seconds",
-                          str(args.seconds)])
+                          str(args.seconds)], env)
             th.append(r["samples_per_s"])
             th_rss.append(r["peak_rss_mb"])
     med = lambda v: statistics.median(v) if v else None  # noqa: E731
@@ -79,8 +80,11 @@ def main():
     args.bench = os.path.join(args.build, "bench", "cqat_bench")
     if not os.path.exists(args.bench):
         sys.exit("compare.py: %s not found (build first: ninja -C %s)" % (args.bench, args.build))
-    cases = subprocess.run([args.bench, "--help"], capture_output=True, text=True).stdout
-    cases = set(cases.split("--what ")[1].split()[0].split("|")) if "--what " in cases else set()
+    help_text = subprocess.run([args.bench, "--help"], capture_output=True, text=True).stdout
+    cases = set()
+    for line in help_text.splitlines():  # the option line: "  --what a|b|c  the figure"
+        if line.strip().startswith("--what "):
+            cases = set(line.split()[1].split("|"))
     torch_ok = have_torch()
     print("# cqat vs PyTorch on refcnn\n")
     print("machine: %s, %d cores, %s; %d threads; medians of %d alternating runs of %.0f s\n"

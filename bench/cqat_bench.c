@@ -55,14 +55,18 @@ int main(int argc, char **argv)
     };
     int n_opts = (int)(sizeof opts / sizeof opts[0]);
     cli_parsed p;
-    if (cli_args_parse(argc - 1, argv + 1, opts, n_opts, &p) != AG_OK || !what) {
-        fprintf(stderr, "cqat_bench: %s\n", what ? ag_last_error() : "--what is required");
+    if (cli_args_parse(argc - 1, argv + 1, opts, n_opts, &p) != AG_OK) {
+        fprintf(stderr, "cqat_bench: %s\n", ag_last_error());
         return 1;
     }
     if (p.help) {
         cli_args_help("cqat_bench --what FIGURE [--batch N] [--threads N]",
                       "One benchmark figure of cqat on refcnn, as JSON.", opts, n_opts);
         return 0;
+    }
+    if (!what) {
+        fprintf(stderr, "cqat_bench: --what is required (see --help)\n");
+        return 1;
     }
     ag_set_num_threads((int)threads);
     bench_case c;
