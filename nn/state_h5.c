@@ -1,10 +1,12 @@
 /* state_h5.c — state_dict <-> HDF5, atomic writes; see state_h5.h. */
 #include "nn/state_h5.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +15,42 @@
 void nn_h5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
 
 /* ---- atomic writer ---- */
+
+/* A writer killed mid-save (SIGKILL, power loss) leaves its "<path>.tmp-<pid>" behind;
+ * the next save to the same path removes those of processes that no longer exist, so
+ * an often-interrupted run does not fill the disk with them. A live process's file (a
+ * concurrent writer, or a reused pid) is left alone. */
+static void remove_stale_tmp(const char *path)
+{
+    char dir[NN_PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    const char *base = slash ? path + (slash - dir) + 1 : path;
+    if (slash)
+        *(slash == dir ? slash + 1 : slash) = '\0';
+    else
+        snprintf(dir, sizeof dir, ".");
+    size_t blen = strlen(base);
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        const char *n = e->d_name;
+        if (strncmp(n, base, blen) != 0 || strncmp(n + blen, ".tmp-", 5) != 0)
+            continue;
+        char *end = NULL;
+        long pid = strtol(n + blen + 5, &end, 10);
+        if (!end || *end || pid <= 0 || pid == (long)getpid())
+            continue;
+        if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) {
+            char stale[NN_PATH_MAX + 300];
+            snprintf(stale, sizeof stale, "%s/%s", dir, n);
+            unlink(stale);
+        }
+    }
+    closedir(d);
+}
 
 ag_status nn_h5_writer_open(nn_h5_writer *w, const char *path)
 {
@@ -23,6 +61,7 @@ ag_status nn_h5_writer_open(nn_h5_writer *w, const char *path)
         return ag_error(AG_ERR_ARG, "%s: path too long", path);
     snprintf(w->path, sizeof w->path, "%s", path);
     snprintf(w->tmp_path, sizeof w->tmp_path, "%s.tmp-%ld", path, (long)getpid());
+    remove_stale_tmp(path);
     w->file = H5Fcreate(w->tmp_path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (w->file < 0) {
         unlink(w->tmp_path);
@@ -179,9 +218,12 @@ static ag_status dataset_info(hid_t ds, const char *label, const char *name, h5_
         H5Sget_simple_extent_dims(space, dims, NULL);
         info->ndim = nd;
         info->numel = 1;
+        /* A crafted file may declare any dimensions: a count that does not fit int64
+         * saturates, so it matches no tensor and is reported as a size mismatch. */
         for (int i = 0; i < nd; i++) {
-            info->shape[i] = (int64_t)dims[i];
-            info->numel *= (int64_t)dims[i];
+            info->shape[i] = dims[i] > (hsize_t)INT64_MAX ? INT64_MAX : (int64_t)dims[i];
+            if (__builtin_mul_overflow(info->numel, info->shape[i], &info->numel))
+                info->numel = INT64_MAX;
         }
     }
     if (type >= 0)
@@ -396,8 +438,10 @@ ag_status nn_h5_read_attr_str(hid_t loc, const char *label, const char *name, ch
         return AG_ERR_FORMAT;
     ag_status st = AG_OK;
     hid_t ftype = H5Aget_type(a);
-    if (H5Tget_class(ftype) != H5T_STRING) {
-        st = ag_error(AG_ERR_FORMAT, "%s: attribute '%s' is not a string", label, name);
+    hid_t space = H5Aget_space(a);
+    /* One string: H5Aread writes every element of an array, past a buffer made for one. */
+    if (H5Tget_class(ftype) != H5T_STRING || H5Sget_simple_extent_npoints(space) != 1) {
+        st = ag_error(AG_ERR_FORMAT, "%s: attribute '%s' is not one string", label, name);
     } else if (H5Tis_variable_str(ftype) > 0) {
         /* h5py writes variable-length strings. */
         char *s = NULL;
@@ -425,6 +469,7 @@ ag_status nn_h5_read_attr_str(hid_t loc, const char *label, const char *name, ch
         free(tmp);
         H5Tclose(mtype);
     }
+    H5Sclose(space);
     H5Tclose(ftype);
     H5Aclose(a);
     return st;

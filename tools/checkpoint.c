@@ -91,13 +91,21 @@ ag_status cqat_ckpt_probe(const char *path, bool *is_ckpt)
     return AG_OK;
 }
 
-static ag_status read_i32_attr(hid_t f, const char *path, const char *name, int32_t *v)
+/* The model configuration a checkpoint may declare. The model is built from it before
+ * its state is read, so a crafted file must not be able to ask for a huge one (refcnn's
+ * fc1 grows with in_h * in_w: 8192x8192 would be 2^33 parameters). The data loader
+ * takes at most 3 channels; 512x512 inputs keep the largest zoo model near 2^26
+ * parameters. */
+enum { CKPT_MAX_CHANNELS = 3, CKPT_MAX_SIDE = 512, CKPT_MAX_CLASSES = 1 << 16 };
+
+static ag_status read_i32_attr(hid_t f, const char *path, const char *name, int32_t max,
+                               int32_t *v)
 {
     int64_t x = 0;
     ag_status st = nn_h5_read_attr_i64(f, path, name, &x);
-    if (st == AG_OK && (x < 1 || x > 1 << 20))
-        st = ag_error(AG_ERR_FORMAT, "%s: attribute '%s' = %" PRId64 " is out of range", path,
-                      name, x);
+    if (st == AG_OK && (x < 1 || x > max))
+        st = ag_error(AG_ERR_FORMAT, "%s: attribute '%s' = %" PRId64 " is outside [1, %d]",
+                      path, name, x, (int)max);
     if (st == AG_OK)
         *v = (int32_t)x;
     return st;
@@ -119,10 +127,12 @@ static ag_status read_meta(hid_t f, const char *path, cqat_ckpt_meta *meta)
                       path, version, CQAT_CKPT_VERSION);
     if (st == AG_OK)
         st = nn_h5_read_attr_str(f, path, "model_name", meta->model.name, sizeof meta->model.name);
-    if (st == AG_OK) st = read_i32_attr(f, path, "in_channels", &meta->model.in_channels);
-    if (st == AG_OK) st = read_i32_attr(f, path, "in_h", &meta->model.in_h);
-    if (st == AG_OK) st = read_i32_attr(f, path, "in_w", &meta->model.in_w);
-    if (st == AG_OK) st = read_i32_attr(f, path, "num_classes", &meta->model.num_classes);
+    if (st == AG_OK)
+        st = read_i32_attr(f, path, "in_channels", CKPT_MAX_CHANNELS, &meta->model.in_channels);
+    if (st == AG_OK) st = read_i32_attr(f, path, "in_h", CKPT_MAX_SIDE, &meta->model.in_h);
+    if (st == AG_OK) st = read_i32_attr(f, path, "in_w", CKPT_MAX_SIDE, &meta->model.in_w);
+    if (st == AG_OK)
+        st = read_i32_attr(f, path, "num_classes", CKPT_MAX_CLASSES, &meta->model.num_classes);
     if (st == AG_OK) st = nn_h5_read_attr_str(f, path, "kind", meta->kind, sizeof meta->kind);
     if (st == AG_OK) st = nn_h5_read_attr_i64(f, path, "epoch", &meta->epoch);
     if (st == AG_OK) st = nn_h5_read_attr_i64(f, path, "step", &meta->step);
