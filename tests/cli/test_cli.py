@@ -71,6 +71,18 @@ def test_resume_is_bitwise_exact():
     assert not np.array_equal(mid["fc2.weight"], b["fc2.weight"])
 
 
+def test_qat_resume_is_bitwise_exact():
+    # observers, fake-quant scales, BN freezing (from epoch 1) and the optimizer resume
+    run("qat", "--init", "a.h5", "--epochs", "2", "--out", "qfull.h5", *SMALL)
+    run("qat", "--init", "a.h5", "--epochs", "2", "--out", "qpart.h5", "--stop-after", "5",
+        *SMALL)
+    run("qat", "--resume", "qpart.h5", "--no-progress")
+    a, b = state(os.path.join(TMP, "qfull.h5")), state(os.path.join(TMP, "qpart.h5"))
+    assert a.keys() == b.keys() and "conv1.weight_fake_quant.scale" in a
+    for k in a:
+        assert np.array_equal(a[k], b[k]), "resumed QAT run differs at %s" % k
+
+
 def test_eval_of_plain_state_dict_needs_model():
     with h5py.File(os.path.join(TMP, "a.h5"), "r") as src, \
             h5py.File(os.path.join(TMP, "sd.h5"), "w") as dst:
