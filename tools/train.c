@@ -149,6 +149,60 @@ static ag_status save(cqat_fit_args *a, ag_ctx *ctx, int64_t epoch_done, int64_t
     return cqat_ckpt_save(a->out, a->model, a->opt, a->meta);
 }
 
+/* ---- where a non-finite loss came from ---- */
+
+typedef struct first_nonfinite {
+    nn_module *root;
+    char path[256];
+    bool found;
+} first_nonfinite;
+
+typedef struct find_module {
+    const nn_module *target;
+    char *path;
+    size_t size;
+} find_module;
+
+static bool find_module_path(void *ud, const char *path, nn_module *m)
+{
+    find_module *f = ud;
+    if (m != f->target)
+        return true;
+    snprintf(f->path, f->size, "%s", *path ? path : "(model)");
+    return false;
+}
+
+/* Trace callback: the first module (in execution order) whose output holds NaN/Inf. */
+static void note_nonfinite(void *ud, nn_module *m, ag_tensor *const *in, int32_t n_in,
+                           ag_tensor *out)
+{
+    (void)in;
+    (void)n_in;
+    first_nonfinite *f = ud;
+    if (f->found || out->dtype != AG_F32)
+        return;
+    for (int64_t i = 0; i < out->numel; i++)
+        if (!isfinite(out->data[i])) {
+            find_module fm = {m, f->path, sizeof f->path};
+            nn_module_walk(f->root, find_module_path, &fm);
+            f->found = true;
+            return;
+        }
+}
+
+/* Runs the batch's forward again, without recording, to name the first layer whose
+ * output went non-finite; "" if none did (the loss itself overflowed). */
+static void locate_nonfinite(nn_module *m, ag_ctx *ctx, ag_tensor *x, char *path, size_t size)
+{
+    first_nonfinite f = {.root = m};
+    ag_no_grad_begin(ctx);
+    nn_trace_set(note_nonfinite, &f);
+    nn_forward(m, ctx, x);
+    nn_trace_set(NULL, NULL);
+    ag_no_grad_end(ctx);
+    snprintf(path, size, "%s", f.found ? f.path : "");
+}
+
 /* One optimizer step on batch b. */
 static ag_status train_step(cqat_fit_args *a, ag_ctx *ctx, const data_loader *ld, int64_t b,
                             int64_t step, int32_t *labels, double *loss_out, int32_t *count)
@@ -158,10 +212,16 @@ static ag_status train_step(cqat_fit_args *a, ag_ctx *ctx, const data_loader *ld
     ag_tensor *loss = ag_cross_entropy(ctx, logits, labels, a->label_smoothing);
     if (!loss)
         return ag_last_status() ? ag_last_status() : AG_ERR_STATE;
-    if (!isfinite(loss->data[0]))
+    if (!isfinite(loss->data[0])) {
+        double value = loss->data[0];
+        char where[256];
+        locate_nonfinite(a->model, ctx, x, where, sizeof where);
         return ag_error(AG_ERR_NUMERIC,
-                        "step %" PRId64 ": the loss is %g; training stopped, the last "
-                        "checkpoint is intact", step, (double)loss->data[0]);
+                        "step %" PRId64 ": the loss is %g%s%s%s (lower the learning rate?); "
+                        "training stopped, the last checkpoint is intact",
+                        step, value, *where ? "; the output of '" : "", where,
+                        *where ? "' went non-finite first" : "");
+    }
     ag_status st = ag_backward(ctx, loss);
     if (st == AG_OK)
         st = check_grads(a->model, step);

@@ -119,6 +119,14 @@ def test_bad_files_fail_clearly():
     expect_error(["train", "--resume", "text.h5"], "text.h5")
 
 
+def test_nan_loss_stops_naming_the_layer_and_keeps_the_checkpoint():
+    before = state(os.path.join(TMP, "a.h5"))
+    expect_error(["train", "--epochs", "1", "--lr", "100000", "--out", "a.h5", *SMALL],
+                 "the loss is", "went non-finite first", "last checkpoint is intact")
+    after = state(os.path.join(TMP, "a.h5"))
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
 def test_unwritable_output_leaves_nothing():
     expect_error(["train", "--epochs", "1", "--out", "/nonexistent/dir/x.h5", *SMALL],
                  "/nonexistent/dir/x.h5")
