@@ -67,6 +67,7 @@ void data_dataset_deinit(data_dataset *ds);
  * n_classes = max(10, largest label + 1); a label of 10 or more is accepted only if
  * every class from 10 up to it occurs (EMNIST-style label sets load; a stray
  * corrupt byte in a 10-class file does not pass as a 200-class dataset).
+ * labels_path NULL loads the images alone (for inference): labels all 0, n_classes 0.
  * Status: AG_ERR_IO (cannot open or read), AG_ERR_FORMAT (anything malformed),
  * AG_ERR_NOMEM, AG_ERR_ARG (NULL argument). */
 ag_status data_idx_load(const char *images_path, const char *labels_path, data_dataset *ds);

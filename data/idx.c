@@ -324,8 +324,8 @@ ag_status data_idx_load(const char *images_path, const char *labels_path, data_d
     if (!ds)
         return ag_error(AG_ERR_ARG, "data_idx_load: dataset is NULL");
     memset(ds, 0, sizeof *ds);
-    if (!images_path || !labels_path)
-        return ag_error(AG_ERR_ARG, "data_idx_load: a path is NULL");
+    if (!images_path)
+        return ag_error(AG_ERR_ARG, "data_idx_load: the images path is NULL");
 
     idx_header hi, hl;
     uint8_t *images = NULL, *raw_labels = NULL;
@@ -333,6 +333,14 @@ ag_status data_idx_load(const char *images_path, const char *labels_path, data_d
     ag_status st = idx_read_file(images_path, 3, 0, NULL, &hi, &images);
     if (st != AG_OK)
         goto cleanup;
+    if (!labels_path) { /* images only (inference): labels 0, classes unknown */
+        labels = calloc((size_t)hi.dims[0], sizeof *labels);
+        if (!labels) {
+            st = ag_error(AG_ERR_NOMEM, "%s: out of memory", images_path);
+            goto cleanup;
+        }
+        goto fill;
+    }
     st = idx_read_file(labels_path, 1, hi.dims[0], images_path, &hl, &raw_labels);
     if (st != AG_OK)
         goto cleanup;
@@ -347,7 +355,7 @@ ag_status data_idx_load(const char *images_path, const char *labels_path, data_d
     st = data_classes_infer(labels, hi.dims[0], labels_path, &ds->n_classes);
     if (st != AG_OK)
         goto cleanup;
-
+fill:
     ds->n = hi.dims[0];
     ds->c = 1;
     ds->h = (int32_t)hi.dims[1];

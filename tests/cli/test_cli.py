@@ -83,6 +83,25 @@ def test_qat_resume_is_bitwise_exact():
         assert np.array_equal(a[k], b[k]), "resumed QAT run differs at %s" % k
 
 
+def test_convert_eval_infer_inspect_compare():
+    run("convert", "qfull.h5", "--out", "m8.h5")
+    ev = json.loads(run("eval", "m8.h5", "--limit", "256", "--json").stdout.splitlines()[-1])
+    assert ev["kind"] == "int8" and ev["n"] == 256, ev
+    images = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
+    run("infer", "m8.h5", "--input", images, "--output", "inf.h5")
+    with h5py.File(os.path.join(TMP, "inf.h5"), "r") as f:
+        assert f["logits"].shape == (10000, 10) and f["predictions"].shape == (10000,)
+    assert "conv2d" in run("inspect", "m8.h5").stdout
+    assert "conv1.weight_fake_quant.scale" in run("inspect", "qfull.h5").stdout
+    c = run("compare", "qfull.h5", "m8.h5", "--limit", "256", "--json")
+    cmp = json.loads(c.stdout.splitlines()[-1])
+    # a model trained on 256 images for 16 steps has many near-ties between classes; the
+    # agreement that matters is measured on trained models (test_convert.c, PERFORMANCE.md)
+    assert cmp["identical_predictions"] >= 0.95, cmp
+    assert abs(cmp["int8_accuracy"] - ev["accuracy"]) < 1e-9, (cmp, ev)
+    expect_error(["convert", "a.h5", "--out", "x8.h5"], "float weights")
+
+
 def test_eval_of_plain_state_dict_needs_model():
     with h5py.File(os.path.join(TMP, "a.h5"), "r") as src, \
             h5py.File(os.path.join(TMP, "sd.h5"), "w") as dst:
