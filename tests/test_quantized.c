@@ -129,8 +129,11 @@ static int64_t exact_rq(int64_t x, int32_t m0, int32_t shift)
     i128 v = (i128)x * m0;
     if (shift == 0)
         return (int64_t)v;
-    i128 f = v >> shift; /* floor: arithmetic shift of a two's-complement value */
-    i128 rem = v - (f << shift), half = (i128)1 << (shift - 1);
+    const i128 p = (i128)1 << shift, half = p / 2;
+    i128 f = v / p; /* truncates toward zero: make it the floor */
+    if (v % p < 0)
+        f -= 1;
+    i128 rem = v - f * p; /* in [0, p) */
     if (rem > half || (rem == half && (f & 1)))
         f++;
     return (int64_t)f;
