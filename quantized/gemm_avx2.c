@@ -17,6 +17,7 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 
+#include <cpuid.h>
 #include <immintrin.h>
 
 #define Q8_AVX2 __attribute__((target("avx2")))
@@ -321,11 +322,20 @@ Q8_AVX2 void q8_interleave_quads_avx2(const uint8_t *const r[4], int64_t n, uint
 #define Q8_HAVE_VNNI 1
 #define Q8_VNNI __attribute__((target("avx2,avxvnni")))
 
+/* AVX-VNNI is CPUID leaf 7, sub-leaf 1, EAX bit 4; read it directly, since clang 14's
+ * __builtin_cpu_supports does not know "avxvnni". (The AVX2 check also covers the OS
+ * saving the YMM registers.) */
+static bool cpu_has_avxvnni(void)
+{
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return __get_cpuid_count(7, 1, &a, &b, &c, &d) && ((a >> 4) & 1u);
+}
+
 bool q8_gemm_vnni_available(void)
 {
     const char *env = getenv("CQAT_Q8_GEMM");
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avxvnni") &&
+    return __builtin_cpu_supports("avx2") && cpu_has_avxvnni() &&
            !(env && strcmp(env, "avx2") == 0);
 }
 
