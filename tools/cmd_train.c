@@ -398,7 +398,11 @@ static int train_command(int argc, char **argv, bool qat)
     if (cli_args_parse(sargc, sargv, ropts, n_opts, &p) != AG_OK ||
         cli_args_parse(argc, argv, ropts, n_opts, &p) != AG_OK)
         return cqat_fail(cmd);
-    return train_run(&r, args_text, &meta) == AG_OK ? 0 : cqat_fail(cmd);
+    /* Keep the whole recipe for the next resume: the saved arguments, then this call's. */
+    char combined[sizeof meta.train_args + sizeof args_text + 2];
+    snprintf(combined, sizeof combined, "%s%s%s", meta.train_args,
+             meta.train_args[0] && args_text[0] ? "\n" : "", args_text);
+    return train_run(&r, combined, &meta) == AG_OK ? 0 : cqat_fail(cmd);
 }
 
 int cqat_cmd_train(int argc, char **argv) { return train_command(argc, argv, false); }

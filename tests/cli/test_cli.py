@@ -63,6 +63,8 @@ def test_resume_is_bitwise_exact():
     run("train", "--epochs", "2", "--out", "full.h5", *SMALL)
     run("train", "--epochs", "2", "--out", "part.h5", "--stop-after", "5", *SMALL)
     mid = state(os.path.join(TMP, "part.h5"))
+    # two interruptions: the second resume must still know the whole recipe
+    run("train", "--resume", "part.h5", "--stop-after", "10", "--no-progress")
     run("train", "--resume", "part.h5", "--no-progress")
     a, b = state(os.path.join(TMP, "full.h5")), state(os.path.join(TMP, "part.h5"))
     assert a.keys() == b.keys()
