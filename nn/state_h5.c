@@ -1,12 +1,11 @@
 /* state_h5.c — state_dict <-> HDF5, atomic writes; see state_h5.h. */
 #include "nn/state_h5.h"
 
-#include <dirent.h>
+#include "common/atomic_file.h"
+
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,42 +15,6 @@ void nn_h5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
 
 /* ---- atomic writer ---- */
 
-/* A writer killed mid-save (SIGKILL, power loss) leaves its "<path>.tmp-<pid>" behind;
- * the next save to the same path removes those of processes that no longer exist, so
- * an often-interrupted run does not fill the disk with them. A live process's file (a
- * concurrent writer, or a reused pid) is left alone. */
-static void remove_stale_tmp(const char *path)
-{
-    char dir[NN_PATH_MAX];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    const char *base = slash ? path + (slash - dir) + 1 : path;
-    if (slash)
-        *(slash == dir ? slash + 1 : slash) = '\0';
-    else
-        snprintf(dir, sizeof dir, ".");
-    size_t blen = strlen(base);
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        const char *n = e->d_name;
-        if (strncmp(n, base, blen) != 0 || strncmp(n + blen, ".tmp-", 5) != 0)
-            continue;
-        char *end = NULL;
-        long pid = strtol(n + blen + 5, &end, 10);
-        if (!end || *end || pid <= 0 || pid == (long)getpid())
-            continue;
-        if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) {
-            char stale[NN_PATH_MAX + 300];
-            snprintf(stale, sizeof stale, "%s/%s", dir, n);
-            unlink(stale);
-        }
-    }
-    closedir(d);
-}
-
 ag_status nn_h5_writer_open(nn_h5_writer *w, const char *path)
 {
     nn_h5_quiet();
@@ -60,8 +23,8 @@ ag_status nn_h5_writer_open(nn_h5_writer *w, const char *path)
     if (strlen(path) >= sizeof w->path)
         return ag_error(AG_ERR_ARG, "%s: path too long", path);
     snprintf(w->path, sizeof w->path, "%s", path);
-    snprintf(w->tmp_path, sizeof w->tmp_path, "%s.tmp-%ld", path, (long)getpid());
-    remove_stale_tmp(path);
+    cq_atomic_tmp_path(w->tmp_path, sizeof w->tmp_path, path);
+    cq_atomic_remove_stale(path);
     w->file = H5Fcreate(w->tmp_path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (w->file < 0) {
         unlink(w->tmp_path);
@@ -69,36 +32,6 @@ ag_status nn_h5_writer_open(nn_h5_writer *w, const char *path)
                         errno ? strerror(errno) : "HDF5 refused");
     }
     return AG_OK;
-}
-
-static ag_status fsync_path(const char *path)
-{
-    int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        return ag_error(AG_ERR_IO, "%s: cannot reopen to sync: %s", path, strerror(errno));
-    int rc = fsync(fd);
-    int err = errno;
-    close(fd);
-    if (rc != 0)
-        return ag_error(AG_ERR_IO, "%s: fsync failed: %s", path, strerror(err));
-    return AG_OK;
-}
-
-/* The directory entry of the rename must reach the disk too. */
-static void fsync_dir_of(const char *path)
-{
-    char dir[NN_PATH_MAX];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash)
-        *(slash == dir ? slash + 1 : slash) = '\0';
-    else
-        snprintf(dir, sizeof dir, ".");
-    int fd = open(dir, O_RDONLY);
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
-    }
 }
 
 ag_status nn_h5_writer_commit(nn_h5_writer *w)
@@ -109,18 +42,18 @@ ag_status nn_h5_writer_commit(nn_h5_writer *w)
         unlink(w->tmp_path);
         return ag_error(AG_ERR_IO, "%s: writing failed (disk full?)", w->path);
     }
-    ag_status st = fsync_path(w->tmp_path);
-    if (st != AG_OK) {
+    int err = cq_atomic_fsync(w->tmp_path);
+    if (err) {
         unlink(w->tmp_path);
-        return st;
+        return ag_error(AG_ERR_IO, "%s: fsync failed: %s", w->tmp_path, strerror(err));
     }
     if (rename(w->tmp_path, w->path) != 0) {
-        int err = errno;
+        err = errno;
         unlink(w->tmp_path);
         return ag_error(AG_ERR_IO, "%s: cannot move the new file into place: %s", w->path,
                         strerror(err));
     }
-    fsync_dir_of(w->path);
+    cq_atomic_fsync_dir_of(w->path);
     return AG_OK;
 }
 

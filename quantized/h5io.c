@@ -9,9 +9,9 @@
 #define _POSIX_C_SOURCE 200809L
 #endif
 #include "quantized/builder.h"
+#include "common/atomic_file.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <hdf5.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -719,34 +719,6 @@ static q8_status write_model(hid_t f, const q8_model *m)
     return st;
 }
 
-static q8_status fsync_path(const char *path)
-{
-    int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        return q8_error(Q8_ERR_IO, "%s: cannot reopen to sync: %s", path, strerror(errno));
-    int rc = fsync(fd);
-    int err = errno;
-    close(fd);
-    return rc == 0 ? Q8_OK : q8_error(Q8_ERR_IO, "%s: fsync failed: %s", path, strerror(err));
-}
-
-/* The rename's directory entry must reach the disk too. */
-static void fsync_dir_of(const char *path)
-{
-    char dir[PATH_MAX_Q8];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash)
-        *(slash == dir ? slash + 1 : slash) = '\0';
-    else
-        snprintf(dir, sizeof dir, ".");
-    int fd = open(dir, O_RDONLY);
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
-    }
-}
-
 q8_status q8_model_save(const q8_model *m, const char *path)
 {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
@@ -755,7 +727,8 @@ q8_status q8_model_save(const q8_model *m, const char *path)
     char tmp[PATH_MAX_Q8 + 32];
     if (strlen(path) >= PATH_MAX_Q8)
         return q8_error(Q8_ERR_ARG, "%s: path too long", path);
-    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", path, (long)getpid());
+    cq_atomic_tmp_path(tmp, sizeof tmp, path);
+    cq_atomic_remove_stale(path);
     hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (f < 0) {
         q8_status st = q8_error(Q8_ERR_IO, "%s: cannot create file for writing (%s)", path,
@@ -766,8 +739,9 @@ q8_status q8_model_save(const q8_model *m, const char *path)
     q8_status st = write_model(f, m);
     if (H5Fclose(f) < 0 && st == Q8_OK)
         st = q8_error(Q8_ERR_IO, "writing failed (disk full?)");
-    if (st == Q8_OK)
-        st = fsync_path(tmp);
+    int err = st == Q8_OK ? cq_atomic_fsync(tmp) : 0;
+    if (err)
+        st = q8_error(Q8_ERR_IO, "%s: fsync failed: %s", tmp, strerror(err));
     if (st == Q8_OK && rename(tmp, path) != 0)
         st = q8_error(Q8_ERR_IO, "cannot move the new file into place: %s", strerror(errno));
     if (st != Q8_OK) {
@@ -775,6 +749,6 @@ q8_status q8_model_save(const q8_model *m, const char *path)
         q8_error_context("%s", path);
         return st;
     }
-    fsync_dir_of(path);
+    cq_atomic_fsync_dir_of(path);
     return Q8_OK;
 }

@@ -85,8 +85,24 @@ def test_qat_resume_is_bitwise_exact():
         assert np.array_equal(a[k], b[k]), "resumed QAT run differs at %s" % k
 
 
+def dead_pid():
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
 def test_convert_eval_infer_inspect_compare():
+    # A save killed earlier left its temporary file; the next save to the same path
+    # removes it, but not the file of a process that is still alive.
+    stale = os.path.join(TMP, "m8.h5.tmp-%d" % dead_pid())
+    live = os.path.join(TMP, "m8.h5.tmp-%d" % os.getpid())
+    for path in (stale, live):
+        with open(path, "wb") as f:
+            f.write(b"half a model")
     run("convert", "qfull.h5", "--out", "m8.h5")
+    assert not os.path.exists(stale), "stale temporary file left by a dead writer survived"
+    assert os.path.exists(live), "a live writer's temporary file was removed"
+    os.unlink(live)
     ev = json.loads(run("eval", "m8.h5", "--limit", "256", "--json").stdout.splitlines()[-1])
     assert ev["kind"] == "int8" and ev["n"] == 256, ev
     images = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
