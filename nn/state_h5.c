@@ -665,8 +665,14 @@ ag_status nn_state_load_h5(hid_t loc, const char *label, nn_module *m, const nn_
         st = c.hard;
         goto done;
     }
-    for (int32_t i = 0; i < c.n; i++)
+    for (int32_t i = 0; i < c.n; i++) {
         stage_one(&c, &c.items[i]);
+        /* Out of memory is not something wrong with the file: say that alone. */
+        if (ag_last_status() == AG_ERR_NOMEM) {
+            st = AG_ERR_NOMEM;
+            goto done;
+        }
+    }
     H5Literate(loc, H5_INDEX_NAME, H5_ITER_NATIVE, NULL, find_unexpected, &c);
     st = report_error(&c);
     if (st != AG_OK)

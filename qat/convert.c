@@ -647,6 +647,13 @@ static ag_status lower_record(cv_state *s, const cv_record *r)
 
 typedef ag_status (*cv_lower_fn)(cv_state *s, const cv_record *r);
 
+/* A failed builder call (they are sticky: later calls do nothing) as the error of
+ * convert; running out of memory stays that. */
+static ag_status builder_error(q8_status st, const char *msg)
+{
+    return ag_error(st == Q8_ERR_NOMEM ? AG_ERR_NOMEM : AG_ERR_ARG, "convert: %s", msg);
+}
+
 static ag_status run_trace(cv_state *s, nn_module *root, const qat_convert_opts *o,
                            cv_lower_fn lower)
 {
@@ -682,6 +689,8 @@ static ag_status run_trace(cv_state *s, nn_module *root, const qat_convert_opts 
         if (v && v->qp.dtype == Q8_F32)
             s->output = v->id;
     }
+    if (st == AG_OK && q8_builder_status(s->b) != Q8_OK)
+        st = builder_error(q8_builder_status(s->b), q8_builder_error(s->b));
     if (st == AG_OK && s->output < 0)
         st = ag_error(AG_ERR_UNSUPPORTED, "convert: the model has no DeQuantStub: its output "
                                           "would stay quantized");
@@ -720,7 +729,7 @@ static q8_model *convert_with(nn_module *root, const qat_convert_opts *o, cv_low
     q8_builder_output(s.b, s.output);
     q8_model *qm = q8_builder_finish(s.b);
     if (!qm)
-        ag_error(AG_ERR_ARG, "convert: %s", q8_last_error());
+        builder_error(q8_last_status(), q8_last_error());
     return qm;
 }
 
