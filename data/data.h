@@ -82,7 +82,8 @@ ag_status data_cifar10_load(const char *const *paths, int32_t n_paths, data_data
  * [N, C, H, W], and an integer label dataset of shape [N] (any integer type, each
  * value in [0, 2^31 - 1)). If the label dataset carries an integer attribute
  * "n_classes", labels must be below it and it is n_classes; otherwise n_classes
- * follows the IDX rule above. Dataset names may be paths ("train/images"). */
+ * follows the IDX rule above. Dataset names may be paths ("train/images"). labels_name
+ * NULL reads images only (for inference): labels all 0, n_classes 0. */
 ag_status data_h5_load(const char *path, const char *images_name, const char *labels_name,
                        data_dataset *ds);
 

@@ -246,21 +246,23 @@ static ag_status h5_load_all(h5_load *ld, const char *images_name, const char *l
         st = h5_open_dataset(ld, 0, images_name, "images");
     if (st == AG_OK)
         st = h5_check_images(ld, images_name, ds);
-    if (st == AG_OK)
+    if (st == AG_OK && labels_name)
         st = h5_open_dataset(ld, 1, labels_name, "labels");
-    if (st == AG_OK)
+    if (st == AG_OK && labels_name)
         st = h5_check_labels(ld, labels_name, images_name, ds->n);
     if (st != AG_OK)
         return st;
 
     int64_t bytes = ds->n * ds->c * ds->h * ds->w;
     ds->images = malloc((size_t)bytes);
-    ds->labels = malloc((size_t)ds->n * sizeof *ds->labels);
+    ds->labels = calloc((size_t)ds->n, sizeof *ds->labels);
     if (!ds->images || !ds->labels)
         return ag_error(AG_ERR_NOMEM, "%s: out of memory for %lld images", ld->path,
                         (long long)ds->n);
     if (H5Dread(ld->dset[0], H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, ds->images) < 0)
         return ag_error(AG_ERR_FORMAT, "%s: cannot read images '%s'", ld->path, images_name);
+    if (!labels_name) /* images only (inference): labels 0, classes unknown, as for IDX */
+        return AG_OK;
     st = h5_read_labels(ld, labels_name, ds->n, ds->labels);
     int32_t declared = 0;
     if (st == AG_OK)

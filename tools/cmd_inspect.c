@@ -13,15 +13,15 @@
 
 /* ---- cqat infer ---- */
 
-/* Images from an IDX images file (plain/gzip; no labels needed) or an HDF5 file with an
- * image dataset and a "labels" dataset (data_h5_load). */
+/* Images from an IDX images file (plain/gzip) or an HDF5 file's image dataset
+ * (data_h5_load); inference needs no labels. */
 static ag_status load_images(const char *path, const char *dataset, data_dataset *ds)
 {
     nn_h5_quiet();
     hid_t f = H5Fis_hdf5(path) > 0 ? nn_h5_open_read(path) : H5I_INVALID_HID;
     if (f >= 0) {
         H5Fclose(f);
-        return data_h5_load(path, dataset ? dataset : "images", "labels", ds);
+        return data_h5_load(path, dataset ? dataset : "images", NULL, ds);
     }
     ag_error_clear();
     return data_idx_load(path, NULL, ds);

@@ -92,6 +92,12 @@ ag_status cqat_load_data(const char *dir, int64_t limit, data_dataset *train,
         st = data_fashion_mnist_load(dir, false, test);
     if (st != AG_OK)
         return st;
+    /* A mismatched pair of files would otherwise fail only at the first evaluation,
+     * after a whole epoch of training. */
+    if (train && test && (train->c != test->c || train->h != test->h || train->w != test->w))
+        return ag_error(AG_ERR_SHAPE, "%s: test images are %dx%dx%d but the training "
+                        "images (%s) are %dx%dx%d", test->source, test->c, test->h, test->w,
+                        train->source, train->c, train->h, train->w);
     if (limit > 0) {
         if (train && train->n > limit)
             train->n = limit;

@@ -264,8 +264,9 @@ def test_idx_test_label_outside_the_train_classes():
 
 
 def test_idx_test_images_of_another_size():
+    # refused when the data are loaded, not after an epoch of training
     d = data_dir("testsize", test_images=mc.idx_bytes(images(side=14)))
-    train_on(d, "288")
+    train_on(d, "t10k-images", "test images are 1x14x14", "are 1x28x28")
 
 
 def test_idx_missing_file():

@@ -109,6 +109,11 @@ def test_convert_eval_infer_inspect_compare():
     run("infer", "m8.h5", "--input", images, "--output", "inf.h5")
     with h5py.File(os.path.join(TMP, "inf.h5"), "r") as f:
         assert f["logits"].shape == (10000, 10) and f["predictions"].shape == (10000,)
+    # an HDF5 file of images alone (no labels dataset) is enough for inference
+    with h5py.File(os.path.join(TMP, "imgs.h5"), "w") as f:
+        f["images"] = np.arange(5 * 28 * 28, dtype=np.uint8).reshape(5, 28, 28)
+    out = run("infer", "m8.h5", "--input", "imgs.h5").stdout.split("\n")
+    assert [l.split()[0] for l in out if l.strip()] == ["0", "1", "2", "3", "4"], out
     assert "conv2d" in run("inspect", "m8.h5").stdout
     assert "conv1.weight_fake_quant.scale" in run("inspect", "qfull.h5").stdout
     c = run("compare", "qfull.h5", "m8.h5", "--limit", "256", "--json")
