@@ -98,6 +98,11 @@ ag_status cqat_load_data(const char *dir, int64_t limit, data_dataset *train,
         return ag_error(AG_ERR_SHAPE, "%s: test images are %dx%dx%d but the training "
                         "images (%s) are %dx%dx%d", test->source, test->c, test->h, test->w,
                         train->source, train->c, train->h, train->w);
+    for (int64_t i = 0; train && test && i < test->n; i++)
+        if (test->labels[i] >= train->n_classes)
+            return ag_error(AG_ERR_FORMAT, "%s: test label %d at index %lld is outside the "
+                            "%d classes of the training set (%s)", test->source,
+                            test->labels[i], (long long)i, train->n_classes, train->source);
     if (limit > 0) {
         if (train && train->n > limit)
             train->n = limit;

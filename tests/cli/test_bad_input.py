@@ -28,6 +28,8 @@ import traceback
 import h5py
 import numpy as np
 
+import cqat_cmd  # how cqat is started (directly, or under valgrind)
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fuzz"))
 import make_corpus as mc  # noqa: E402  (IDX and q8 writers shared with the fuzz corpus)
 
@@ -46,8 +48,10 @@ class Skip(Exception):
 
 
 def run(*args, timeout=300):
-    return subprocess.run([CQAT, *args], capture_output=True, text=True, cwd=OUT,
-                          timeout=timeout)
+    p = subprocess.run(cqat_cmd.command(CQAT, *args), capture_output=True, text=True,
+                       cwd=OUT, timeout=cqat_cmd.timeout(timeout))
+    cqat_cmd.check(args)
+    return p
 
 
 def snapshot():
@@ -260,7 +264,7 @@ def test_idx_test_label_outside_the_train_classes():
     lab = labels()
     lab[5] = 10  # the test set claims an 11th class the model never saw
     d = data_dir("testlabel", test_labels=mc.idx_bytes(lab))
-    train_on(d, "label 10")
+    train_on(d, "t10k-", "test label 10 at index 5", "outside the 10 classes")
 
 
 def test_idx_test_images_of_another_size():

@@ -17,13 +17,17 @@ import traceback
 import h5py
 import numpy as np
 
+import cqat_cmd  # how cqat is started (directly, or under valgrind)
+
 CQAT = os.path.abspath(sys.argv[1])
 TMP = tempfile.mkdtemp(prefix="cqat-cli-")
 SMALL = ["--limit", "256", "--batch-size", "32", "--no-progress", "--threads", "1"]
 
 
 def run(*args, ok=True):
-    p = subprocess.run([CQAT, *args], capture_output=True, text=True, cwd=TMP, timeout=600)
+    p = subprocess.run(cqat_cmd.command(CQAT, *args), capture_output=True, text=True, cwd=TMP,
+                       timeout=cqat_cmd.timeout(600))
+    cqat_cmd.check(args)
     if ok and p.returncode != 0:
         raise AssertionError("cqat %s failed (%d): %s" % (" ".join(args), p.returncode, p.stderr))
     return p
