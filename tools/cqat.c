@@ -81,7 +81,14 @@ static void ensure_passive_wait(char **argv)
     if (getenv("OMP_WAIT_POLICY"))
         return;
     setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-    execv("/proc/self/exe", argv); /* returns only on failure: then run as we are */
+    /* The resolved path, not "/proc/self/exe" itself: under valgrind that link is the
+     * tool's binary (readlink is answered with the program's own path). */
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0 || (size_t)n >= sizeof self - 1)
+        return;
+    self[n] = '\0';
+    execv(self, argv); /* returns only on failure: then run as we are */
 }
 
 int main(int argc, char **argv)
