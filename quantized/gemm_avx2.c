@@ -20,6 +20,8 @@
 #include <cpuid.h>
 #include <immintrin.h>
 
+#include "quantized/rq_avx2.h"
+
 #define Q8_AVX2 __attribute__((target("avx2")))
 
 bool q8_gemm_avx2_available(void)
@@ -303,14 +305,33 @@ Q8_AVX2 static inline void quads16(const uint8_t *r0, const uint8_t *r1, const u
     _mm_storeu_si128((__m128i *)(dst + 48), _mm_unpackhi_epi16(a1, b1));
 }
 
+/* 8 positions of four rows into 32 bytes. */
+Q8_AVX2 static inline void quads8(const uint8_t *r0, const uint8_t *r1, const uint8_t *r2,
+                                  const uint8_t *r3, uint8_t *dst)
+{
+    __m128i x0 = _mm_loadl_epi64((const __m128i *)r0), x1 = _mm_loadl_epi64((const __m128i *)r1);
+    __m128i x2 = _mm_loadl_epi64((const __m128i *)r2), x3 = _mm_loadl_epi64((const __m128i *)r3);
+    __m128i a0 = _mm_unpacklo_epi8(x0, x1), b0 = _mm_unpacklo_epi8(x2, x3);
+    _mm_storeu_si128((__m128i *)dst, _mm_unpacklo_epi16(a0, b0));
+    _mm_storeu_si128((__m128i *)(dst + 16), _mm_unpackhi_epi16(a0, b0));
+}
+
 Q8_AVX2 void q8_interleave_quads_avx2(const uint8_t *const r[4], int64_t n, uint8_t *dst)
 {
     int64_t p = 0;
     for (; p + 16 <= n; p += 16)
         quads16(r[0] + p, r[1] + p, r[2] + p, r[3] + p, dst + 4 * p);
+    for (; p + 8 <= n; p += 8)
+        quads8(r[0] + p, r[1] + p, r[2] + p, r[3] + p, dst + 4 * p);
     if (p == n)
         return;
-    /* the tail (rows of 14 here) through copies: nothing read or written beyond n */
+    if (n >= 8) {
+        /* the last 8 positions again (rows of 14 here): the overlap gets the same bytes,
+         * and nothing is read or written beyond n */
+        p = n - 8;
+        quads8(r[0] + p, r[1] + p, r[2] + p, r[3] + p, dst + 4 * p);
+        return;
+    }
     uint8_t t[4][16] = {{0}}, out[64];
     for (int s = 0; s < 4; s++)
         memcpy(t[s], r[s] + p, (size_t)(n - p));
@@ -362,13 +383,21 @@ static inline int64_t quad_at(const int64_t *off, int64_t t, int64_t np)
     return off ? off[t] : t * np * 4;
 }
 
-/* 4 channels x 24 positions, as cols_4x24 with one vpdpbusd per 32 products. */
-Q8_VNNI static void quads_4x24(int64_t kquads, const int8_t *w, int64_t kq4, const uint8_t *a,
-                               const int64_t *off, int64_t np, const int32_t *bias, int32_t *c,
-                               int64_t ldc)
+/* Channel r's bias (or 0) in every lane: where its accumulators start. */
+Q8_VNNI static inline __m256i bias8(const int32_t *bias, int r)
 {
-    __m256i s00 = _mm256_setzero_si256(), s01 = s00, s02 = s00, s10 = s00, s11 = s00, s12 = s00;
-    __m256i s20 = s00, s21 = s00, s22 = s00, s30 = s00, s31 = s00, s32 = s00;
+    return _mm256_set1_epi32(bias ? bias[r] : 0);
+}
+
+/* The accumulators of 4 channels x 24 positions, as cols_4x24 with one vpdpbusd per 32
+ * products: s[3r + j] holds channel r's positions 8j..8j+7, from bias[r] (bias may be
+ * NULL). Always inlined, so that s lives in registers. */
+Q8_VNNI static inline __attribute__((always_inline)) void
+quads_acc_4x24(int64_t kquads, const int8_t *w, int64_t kq4, const uint8_t *a, const int64_t *off,
+               int64_t np, const int32_t *bias, __m256i s[12])
+{
+    __m256i s00 = bias8(bias, 0), s01 = s00, s02 = s00, s10 = bias8(bias, 1), s11 = s10, s12 = s10;
+    __m256i s20 = bias8(bias, 2), s21 = s20, s22 = s20, s30 = bias8(bias, 3), s31 = s30, s32 = s30;
     for (int64_t t = 0; t < kquads; t++) {
         const uint8_t *ap = a + quad_at(off, t, np);
         __m256i x0 = _mm256_loadu_si256((const __m256i *)ap);
@@ -391,16 +420,15 @@ Q8_VNNI static void quads_4x24(int64_t kquads, const int8_t *w, int64_t kq4, con
         s31 = dp(s31, x1, w3);
         s32 = dp(s32, x2, w3);
     }
-    store_row3(c, bias ? bias[0] : 0, s00, s01, s02);
-    store_row3(c + ldc, bias ? bias[1] : 0, s10, s11, s12);
-    store_row3(c + 2 * ldc, bias ? bias[2] : 0, s20, s21, s22);
-    store_row3(c + 3 * ldc, bias ? bias[3] : 0, s30, s31, s32);
+    s[0] = s00, s[1] = s01, s[2] = s02, s[3] = s10, s[4] = s11, s[5] = s12;
+    s[6] = s20, s[7] = s21, s[8] = s22, s[9] = s30, s[10] = s31, s[11] = s32;
 }
 
-Q8_VNNI static void quads_1x24(int64_t kquads, const int8_t *w, const uint8_t *a,
-                               const int64_t *off, int64_t np, int32_t bias, int32_t *c)
+Q8_VNNI static inline __attribute__((always_inline)) void
+quads_acc_1x24(int64_t kquads, const int8_t *w, const uint8_t *a, const int64_t *off, int64_t np,
+               const int32_t *bias, __m256i s[3])
 {
-    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0;
+    __m256i s0 = bias8(bias, 0), s1 = s0, s2 = s0;
     for (int64_t t = 0; t < kquads; t++) {
         const uint8_t *ap = a + quad_at(off, t, np);
         __m256i w0 = wquad(w + 4 * t);
@@ -408,7 +436,25 @@ Q8_VNNI static void quads_1x24(int64_t kquads, const int8_t *w, const uint8_t *a
         s1 = dp(s1, _mm256_loadu_si256((const __m256i *)(ap + 32)), w0);
         s2 = dp(s2, _mm256_loadu_si256((const __m256i *)(ap + 64)), w0);
     }
-    store_row3(c, bias, s0, s1, s2);
+    s[0] = s0, s[1] = s1, s[2] = s2;
+}
+
+Q8_VNNI static void quads_4x24(int64_t kquads, const int8_t *w, int64_t kq4, const uint8_t *a,
+                               const int64_t *off, int64_t np, const int32_t *bias, int32_t *c,
+                               int64_t ldc)
+{
+    __m256i s[12];
+    quads_acc_4x24(kquads, w, kq4, a, off, np, NULL, s);
+    for (int r = 0; r < 4; r++)
+        store_row3(c + r * ldc, bias ? bias[r] : 0, s[3 * r], s[3 * r + 1], s[3 * r + 2]);
+}
+
+Q8_VNNI static void quads_1x24(int64_t kquads, const int8_t *w, const uint8_t *a,
+                               const int64_t *off, int64_t np, int32_t bias, int32_t *c)
+{
+    __m256i s[3];
+    quads_acc_1x24(kquads, w, a, off, np, NULL, s);
+    store_row3(c, bias, s[0], s[1], s[2]);
 }
 
 /* 32 bytes of K at k (16 when only 16 are left, the upper half zero). */
@@ -472,11 +518,11 @@ Q8_VNNI void q8_gemm_dot_vnni(int64_t m, int64_t n, int64_t kp, const uint8_t *a
     }
 }
 
-Q8_VNNI static void quads_4x8(int64_t kquads, const int8_t *w, int64_t kq4, const uint8_t *a,
-                              const int64_t *off, int64_t np, const int32_t *bias, int32_t *c,
-                              int64_t ldc)
+Q8_VNNI static inline __attribute__((always_inline)) void
+quads_acc_4x8(int64_t kquads, const int8_t *w, int64_t kq4, const uint8_t *a, const int64_t *off,
+              int64_t np, const int32_t *bias, __m256i s[4])
 {
-    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+    __m256i s0 = bias8(bias, 0), s1 = bias8(bias, 1), s2 = bias8(bias, 2), s3 = bias8(bias, 3);
     for (int64_t t = 0; t < kquads; t++) {
         __m256i x = _mm256_loadu_si256((const __m256i *)(a + quad_at(off, t, np)));
         s0 = dp(s0, x, wquad(w + 4 * t));
@@ -484,18 +530,35 @@ Q8_VNNI static void quads_4x8(int64_t kquads, const int8_t *w, int64_t kq4, cons
         s2 = dp(s2, x, wquad(w + 2 * kq4 + 4 * t));
         s3 = dp(s3, x, wquad(w + 3 * kq4 + 4 * t));
     }
-    __m256i acc[4] = {s0, s1, s2, s3};
+    s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
+}
+
+Q8_VNNI static inline __m256i quads_acc_1x8(int64_t kquads, const int8_t *w, const uint8_t *a,
+                                            const int64_t *off, int64_t np, const int32_t *bias)
+{
+    __m256i s = bias8(bias, 0);
+    for (int64_t t = 0; t < kquads; t++) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(a + quad_at(off, t, np)));
+        s = dp(s, x, wquad(w + 4 * t));
+    }
+    return s;
+}
+
+Q8_VNNI static void quads_4x8(int64_t kquads, const int8_t *w, int64_t kq4, const uint8_t *a,
+                              const int64_t *off, int64_t np, const int32_t *bias, int32_t *c,
+                              int64_t ldc)
+{
+    __m256i s[4];
+    quads_acc_4x8(kquads, w, kq4, a, off, np, NULL, s);
     for (int r = 0; r < 4; r++)
         _mm256_storeu_si256((__m256i *)(c + r * ldc),
-                            _mm256_add_epi32(acc[r], _mm256_set1_epi32(bias ? bias[r] : 0)));
+                            _mm256_add_epi32(s[r], _mm256_set1_epi32(bias ? bias[r] : 0)));
 }
 
 Q8_VNNI static void quads_1x8(int64_t kquads, const int8_t *w, const uint8_t *a,
                               const int64_t *off, int64_t np, int32_t bias, int32_t *c)
 {
-    __m256i s = _mm256_setzero_si256();
-    for (int64_t t = 0; t < kquads; t++)
-        s = dp(s, _mm256_loadu_si256((const __m256i *)(a + quad_at(off, t, np))), wquad(w + 4 * t));
+    __m256i s = quads_acc_1x8(kquads, w, a, off, np, NULL);
     _mm256_storeu_si256((__m256i *)c, _mm256_add_epi32(s, _mm256_set1_epi32(bias)));
 }
 
@@ -521,6 +584,154 @@ Q8_VNNI void q8_gemm_quads_vnni(int64_t m, int64_t kquads, const int8_t *w, int6
         for (; o < m; o++)
             quads_1x8(kquads, w + o * kq4, a + p * 4, off, np, bias ? bias[o] : 0,
                       c + o * ldc + p);
+    }
+}
+
+/* ---- the fused requantization epilogue (q8_gemm_quads_rq_vnni) ---- */
+
+/* Where the 8 result bytes of grid positions q..q+7 go: bytes [0, n0) to d0 (row r, from
+ * column c), and when the octet runs past the grid row (wp >= 8: into one more row at
+ * most), bytes [sh, sh + n1) to d1 (row r + 1, from column 0). */
+typedef struct octet_dst {
+    int64_t d0, d1;
+    int32_t n0, n1, sh;
+} octet_dst;
+
+static octet_dst octet_at(const q8_rq_rows *d, int64_t r, int64_t c)
+{
+    octet_dst o = {0, 0, 0, 0, 0};
+    if (r >= d->rows)
+        return o;
+    int64_t in_row = d->wp - c < 8 ? d->wp - c : 8;
+    int64_t n0 = d->ow - c < 0 ? 0 : d->ow - c;
+    o.d0 = r * d->ow + c;
+    o.n0 = (int32_t)(n0 < in_row ? n0 : in_row);
+    if (in_row < 8 && r + 1 < d->rows) {
+        o.d1 = (r + 1) * d->ow;
+        o.n1 = (int32_t)(d->ow < 8 - in_row ? d->ow : 8 - in_row);
+        o.sh = (int32_t)in_row;
+    }
+    return o;
+}
+
+/* The octets of `count` x 8 positions from grid position p on (r, c advance by 8).
+ * Returns whether each is one whole 8-byte store (inside one grid row, some output bytes,
+ * inside the plane): the usual case when wp is a multiple of 8. */
+static bool octets_at(const q8_rq_rows *d, int64_t p, int count, octet_dst *o)
+{
+    int64_t r = p / d->wp, c = p % d->wp;
+    bool simple = true;
+    for (int j = 0; j < count; j++) {
+        o[j] = octet_at(d, r, c);
+        simple = simple && o[j].n0 > 0 && o[j].n1 == 0 && o[j].d0 + 8 <= d->room;
+        c += 8;
+        for (; c >= d->wp; c -= d->wp)
+            r++;
+    }
+    return simple;
+}
+
+/* n bytes of v (little-endian) at out + at: one 8-byte store while it stays inside the
+ * plane (the bytes beyond n are rewritten by the octets that follow), else exactly n. */
+static inline void put_bytes(uint8_t *out, int64_t room, int64_t at, int32_t n, uint64_t v)
+{
+    if (at + 8 <= room)
+        memcpy(out + at, &v, 8);
+    else
+        memcpy(out + at, &v, (size_t)n);
+}
+
+static inline void put_octet(uint8_t *out, int64_t room, const octet_dst *o, uint64_t v)
+{
+    if (o->n0 > 0)
+        put_bytes(out, room, o->d0, o->n0, v);
+    if (o->n1 > 0)
+        put_bytes(out, room, o->d1, o->n1, v >> (8 * o->sh));
+}
+
+/* zp + rq(a) unclamped, for a channel whose products never tie (q8_rq_chan): t = a*m0 +
+ * add, with add = 2^(shift-1) + zp*2^shift, and floor(t / 2^shift) is t's high dword
+ * shifted right by shift - 32 (|t| < 2^63). */
+Q8_VNNI static inline __m256i rq_no_ties8(__m256i a, __m256i m, __m256i add, __m128i cnt)
+{
+    __m256i te = _mm256_add_epi64(_mm256_mul_epi32(a, m), add);
+    __m256i to = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(a, 32), m), add);
+    return _mm256_sra_epi32(_mm256_blend_epi32(_mm256_srli_epi64(te, 32), to, 0xAA), cnt);
+}
+
+/* Channel o of a tile: `count` (1..3) accumulator vectors requantized, packed to bytes
+ * (the saturating packs then a clamp of the bytes: the same as clamping the int32
+ * values, since [lo, hi] lies inside the packs' ranges) and written to the output rows. */
+Q8_VNNI static inline void rq_put(const q8_rq_rows *d, int64_t o, const __m256i *s, int count,
+                                  const octet_dst *oct, bool simple)
+{
+    const q8_rq_chan *ch = &d->chan[o];
+    __m256i r[3];
+    if (ch->no_ties) {
+        __m256i m = _mm256_set1_epi64x(ch->m0), add = _mm256_set1_epi64x(ch->add);
+        __m128i cnt = _mm_cvtsi32_si128(ch->shift - 32);
+        for (int j = 0; j < 3; j++)
+            r[j] = j < count ? rq_no_ties8(s[j], m, add, cnt) : r[0];
+    } else {
+        q8_rq_high k;
+        q8_rq_high_init(&k, ch->m0, ch->shift, d->zp, d->lo, d->hi);
+        for (int j = 0; j < 3; j++)
+            r[j] = j < count ? q8_rq_high8(&k, s[j]) : r[0];
+    }
+    bool u8 = d->lo >= 0;
+    __m256i bytes = q8_rq_pack32(r[0], r[1], r[2], r[2], u8);
+    __m256i lo = _mm256_set1_epi8((char)d->lo), hi = _mm256_set1_epi8((char)d->hi);
+    bytes = u8 ? _mm256_min_epu8(_mm256_max_epu8(bytes, lo), hi)
+               : _mm256_min_epi8(_mm256_max_epi8(bytes, lo), hi);
+    uint64_t v[3] = {(uint64_t)_mm256_extract_epi64(bytes, 0),
+                     (uint64_t)_mm256_extract_epi64(bytes, 1),
+                     (uint64_t)_mm256_extract_epi64(bytes, 2)};
+    uint8_t *out = d->out + o * d->ldo;
+    for (int j = 0; j < count; j++) {
+        if (simple)
+            memcpy(out + oct[j].d0, &v[j], 8);
+        else
+            put_octet(out, d->room, &oct[j], v[j]);
+    }
+}
+
+Q8_VNNI void q8_gemm_quads_rq_vnni(int64_t m, int64_t kquads, const int8_t *w, int64_t kq4,
+                                   const uint8_t *a, const int64_t *off, int64_t np,
+                                   const int32_t *bias, const q8_rq_rows *d)
+{
+    octet_dst oct[3];
+    __m256i s[12];
+    const int32_t *b = NULL;
+    int64_t p = 0;
+    for (; p + Q8_COLS_NR <= np; p += Q8_COLS_NR) {
+        bool simple = octets_at(d, p, 3, oct);
+        int64_t o = 0;
+        for (; o + 4 <= m; o += 4) {
+            b = bias ? bias + o : NULL;
+            quads_acc_4x24(kquads, w + o * kq4, kq4, a + p * 4, off, np, b, s);
+            for (int r = 0; r < 4; r++)
+                rq_put(d, o + r, s + 3 * r, 3, oct, simple);
+        }
+        for (; o < m; o++) {
+            b = bias ? bias + o : NULL;
+            quads_acc_1x24(kquads, w + o * kq4, a + p * 4, off, np, b, s);
+            rq_put(d, o, s, 3, oct, simple);
+        }
+    }
+    for (; p < np; p += Q8_COLS_STEP) {
+        bool simple = octets_at(d, p, 1, oct);
+        int64_t o = 0;
+        for (; o + 4 <= m; o += 4) {
+            b = bias ? bias + o : NULL;
+            quads_acc_4x8(kquads, w + o * kq4, kq4, a + p * 4, off, np, b, s);
+            for (int r = 0; r < 4; r++)
+                rq_put(d, o + r, s + r, 1, oct, simple);
+        }
+        for (; o < m; o++) {
+            b = bias ? bias + o : NULL;
+            s[0] = quads_acc_1x8(kquads, w + o * kq4, a + p * 4, off, np, b);
+            rq_put(d, o, s, 1, oct, simple);
+        }
     }
 }
 #endif
@@ -567,6 +778,13 @@ void q8_gemm_dot_vnni(int64_t m, int64_t n, int64_t kp, const uint8_t *a, int64_
 }
 
 bool q8_gemm_vnni_available(void) { return false; }
+
+void q8_gemm_quads_rq_vnni(int64_t m, int64_t kquads, const int8_t *w, int64_t kq4,
+                           const uint8_t *a, const int64_t *off, int64_t np, const int32_t *bias,
+                           const q8_rq_rows *d)
+{
+    q8_gemm_quads_rq_reference(m, kquads, w, kq4, a, off, np, bias, d);
+}
 
 void q8_gemm_quads_vnni(int64_t m, int64_t kquads, const int8_t *w, int64_t kq4,
                         const uint8_t *a, const int64_t *off, int64_t np, const int32_t *bias,

@@ -59,6 +59,27 @@ void q8_gemm_quads_reference(int64_t m, int64_t kquads, const int8_t *w, int64_t
     }
 }
 
+void q8_gemm_quads_rq_reference(int64_t m, int64_t kquads, const int8_t *w, int64_t kq4,
+                                const uint8_t *a, const int64_t *off, int64_t np,
+                                const int32_t *bias, const q8_rq_rows *d)
+{
+    for (int64_t o = 0; o < m; o++) {
+        const int8_t *wr = w + o * kq4; // (kq4)
+        uint8_t *out = d->out + o * d->ldo;
+        for (int64_t p = 0; p < np; p++) {
+            int64_t r = p / d->wp, col = p % d->wp;
+            if (r >= d->rows || col >= d->ow)
+                continue;
+            int32_t acc = bias ? bias[o] : 0;
+            for (int64_t t = 0; t < kquads; t++)
+                for (int64_t s = 0; s < 4; s++)
+                    acc += (int32_t)wr[4 * t + s] * a[(off ? off[t] : t * np * 4) + p * 4 + s];
+            out[r * d->ow + col] = q8_rq_byte(acc, d->chan[o].m0, d->chan[o].shift, d->zp, d->lo,
+                                              d->hi);
+        }
+    }
+}
+
 void q8_interleave_quads_reference(const uint8_t *const r[4], int64_t n, uint8_t *dst)
 {
     for (int64_t p = 0; p < n; p++)

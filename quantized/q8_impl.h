@@ -439,6 +439,40 @@ void q8_gemm_quads_vnni(int64_t m, int64_t kquads, const int8_t *w, int64_t kq4,
                         const uint8_t *a, const int64_t *off, int64_t np, const int32_t *bias,
                         int32_t *c, int64_t ldc);
 bool q8_gemm_vnni_available(void);
+/* q8_gemm_quads with conv2d's requantization fused into the epilogue: each tile is
+ * requantized in registers (32 <= shift <= 62 only, the 32-bit path of q8_requant_avx2)
+ * and its bytes go straight into the output rows, without int32 results in memory.
+ * Positions are those of one chunk of conv2d's padded grid: position p (row p / wp,
+ * column p % wp) is output byte (p / wp) * ow + p % wp of its channel's plane when
+ * p % wp < ow and p / wp < rows; the grid's extra columns and the rounding of np are
+ * dropped. A tile may store up to 7 bytes beyond its last output byte while they stay
+ * inside the plane (`room`): those are positions the same or a later call rewrites,
+ * so the calls must go through a plane's chunks in order and cover all of it. */
+typedef struct q8_rq_chan {
+    int32_t m0, shift; /* 32 <= shift <= 62 */
+    bool no_ties;      /* acc * m0 is never an exact tie, and shift <= 54 */
+    int64_t add;       /* no_ties: 2^(shift-1) + zp * 2^shift (the zero point rides along) */
+} q8_rq_chan;
+/* The requantization constants of one channel with multiplier (m0, shift), output zero
+ * point zp and accumulators bounded by |acc| <= bound. A tie (acc * m0 an odd multiple of
+ * 2^(shift-1)) needs v2(acc) + v2(m0) = shift - 1 (v2: the count of trailing zero bits),
+ * and v2(acc) <= log2(bound): when v2(m0) + floor(log2(bound)) < shift - 1 no accumulator
+ * can tie and the epilogue skips the half-even test, bit-identical to q8_rq_byte. */
+void q8_rq_chan_init(q8_rq_chan *c, int32_t m0, int32_t shift, int32_t zp, int64_t bound);
+typedef struct q8_rq_rows {
+    const q8_rq_chan *chan; /* (m) */
+    int32_t zp, lo, hi;
+    uint8_t *out;          /* channel 0's output byte of grid position 0 */
+    int64_t ldo;           /* bytes from one channel's plane to the next */
+    int64_t room;          /* bytes from `out` to the end of its plane */
+    int64_t wp, ow, rows;  /* grid row, output row (ow <= wp, wp >= 8), rows of this chunk */
+} q8_rq_rows;
+void q8_gemm_quads_rq_reference(int64_t m, int64_t kquads, const int8_t *w, int64_t kq4,
+                                const uint8_t *a, const int64_t *off, int64_t np,
+                                const int32_t *bias, const q8_rq_rows *d);
+void q8_gemm_quads_rq_vnni(int64_t m, int64_t kquads, const int8_t *w, int64_t kq4,
+                           const uint8_t *a, const int64_t *off, int64_t np, const int32_t *bias,
+                           const q8_rq_rows *d);
 /* q8_gemm's product (row-major C, rs = n... any strides) with the weights as int8 rows
  * (n, kp) instead of int16: vpdpbusd on 32 bytes of K at a time (a 16-byte tail in the
  * lower half), for linear on CPUs with AVX-VNNI. Same integers as q8_gemm_reference. */

@@ -77,6 +77,19 @@ void q8_requant_reference(const int32_t *acc, int64_t n, const int32_t *m0,
     }
 }
 
+void q8_rq_chan_init(q8_rq_chan *c, int32_t m0, int32_t shift, int32_t zp, int64_t bound)
+{
+    int v2_m0 = 0, log2_bound = 0;
+    for (uint32_t v = (uint32_t)m0; v && !(v & 1u); v >>= 1)
+        v2_m0++;
+    for (int64_t b = bound; b > 1; b >>= 1)
+        log2_bound++;
+    c->m0 = m0;
+    c->shift = shift;
+    c->no_ties = m0 > 0 && shift >= 32 && shift <= 54 && v2_m0 + log2_bound < shift - 1;
+    c->add = c->no_ties ? (INT64_C(1) << (shift - 1)) + (int64_t)zp * (INT64_C(1) << shift) : 0;
+}
+
 void q8_quantize_row_reference(const float *x, int64_t n, float inv, int32_t zp, int32_t qmin,
                                int32_t qmax, uint8_t *out)
 {

@@ -12,6 +12,8 @@
 
 #include <immintrin.h>
 
+#include "quantized/rq_avx2.h"
+
 #define Q8_AVX2 __attribute__((target("avx2")))
 
 /* round_half_even(p / 2^s) per 64-bit lane; lanes with s = 0 keep p. */
@@ -32,60 +34,26 @@ Q8_AVX2 static inline __m256i clamp64(__m256i v, __m256i lo, __m256i hi)
     return _mm256_blendv_epi8(v, hi, _mm256_cmpgt_epi64(v, hi));
 }
 
-/* One channel (step 0) with 32 <= shift <= 62, the usual case (multipliers below 1):
- * t = p + 2^(shift-1) never overflows (|p| < 2^62), floor(t / 2^shift) is the high dword
- * of t shifted right by shift - 32 in 32 bits, and the half-even correction (an exact
- * tie, t's low shift bits all zero, and an odd quotient: one less) and the clamp are
- * 32-bit operations as well. */
-typedef struct rq_high {
-    __m256i m, half, mask, one, zero, zp, lo, hi;
-    __m128i cnt;
-} rq_high;
-
-Q8_AVX2 static inline __m256i rq_high8(const rq_high *k, __m256i a)
-{
-    __m256i te = _mm256_add_epi64(_mm256_mul_epi32(a, k->m), k->half);
-    __m256i to = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(a, 32), k->m), k->half);
-    __m256i th = _mm256_blend_epi32(_mm256_srli_epi64(te, 32), to, 0xAA); /* high dwords */
-    __m256i tl = _mm256_blend_epi32(te, _mm256_slli_epi64(to, 32), 0xAA); /* low dwords */
-    __m256i r = _mm256_sra_epi32(th, k->cnt);
-    __m256i tie = _mm256_and_si256(_mm256_cmpeq_epi32(tl, k->zero),
-                                   _mm256_cmpeq_epi32(_mm256_and_si256(th, k->mask), k->zero));
-    r = _mm256_sub_epi32(r, _mm256_and_si256(tie, _mm256_and_si256(r, k->one)));
-    return _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(r, k->zp), k->lo), k->hi);
-}
-
+/* One channel (step 0) with 32 <= shift <= 62, the usual case (multipliers below 1): the
+ * 32-bit path of rq_avx2.h. */
 Q8_AVX2 static int64_t requant_high(const int32_t *acc, int64_t n, int32_t m0, int32_t shift,
                                     int32_t zp, int32_t lo, int32_t hi, uint8_t *out)
 {
-    rq_high k;
-    k.m = _mm256_set1_epi64x(m0);
-    k.half = _mm256_set1_epi64x(INT64_C(1) << (shift - 1));
-    k.cnt = _mm_cvtsi32_si128(shift - 32);
-    k.mask = _mm256_set1_epi32((int32_t)((UINT32_C(1) << (shift - 32)) - 1));
-    k.one = _mm256_set1_epi32(1);
-    k.zero = _mm256_setzero_si256();
-    k.zp = _mm256_set1_epi32(zp);
-    k.lo = _mm256_set1_epi32(lo);
-    k.hi = _mm256_set1_epi32(hi);
-    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    q8_rq_high k;
+    q8_rq_high_init(&k, m0, shift, zp, lo, hi);
     const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                                           -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1,
                                           -1, -1, -1, -1);
     int64_t i = 0;
-    /* 32 at a time: saturating packs keep every value (all in [lo, hi]): to bytes with
-     * unsigned saturation for a u8 range, signed for an i8 one */
     for (; i + 32 <= n; i += 32) {
-        __m256i r0 = rq_high8(&k, _mm256_loadu_si256((const __m256i *)(acc + i)));
-        __m256i r1 = rq_high8(&k, _mm256_loadu_si256((const __m256i *)(acc + i + 8)));
-        __m256i r2 = rq_high8(&k, _mm256_loadu_si256((const __m256i *)(acc + i + 16)));
-        __m256i r3 = rq_high8(&k, _mm256_loadu_si256((const __m256i *)(acc + i + 24)));
-        __m256i w01 = _mm256_packs_epi32(r0, r1), w23 = _mm256_packs_epi32(r2, r3);
-        __m256i b = lo >= 0 ? _mm256_packus_epi16(w01, w23) : _mm256_packs_epi16(w01, w23);
-        _mm256_storeu_si256((__m256i *)(out + i), _mm256_permutevar8x32_epi32(b, order));
+        __m256i r0 = q8_rq_high8(&k, _mm256_loadu_si256((const __m256i *)(acc + i)));
+        __m256i r1 = q8_rq_high8(&k, _mm256_loadu_si256((const __m256i *)(acc + i + 8)));
+        __m256i r2 = q8_rq_high8(&k, _mm256_loadu_si256((const __m256i *)(acc + i + 16)));
+        __m256i r3 = q8_rq_high8(&k, _mm256_loadu_si256((const __m256i *)(acc + i + 24)));
+        _mm256_storeu_si256((__m256i *)(out + i), q8_rq_pack32(r0, r1, r2, r3, lo >= 0));
     }
     for (; i + 8 <= n; i += 8) {
-        __m256i r = rq_high8(&k, _mm256_loadu_si256((const __m256i *)(acc + i)));
+        __m256i r = q8_rq_high8(&k, _mm256_loadu_si256((const __m256i *)(acc + i)));
         r = _mm256_shuffle_epi8(r, pick);
         uint32_t w0 = (uint32_t)_mm256_extract_epi32(r, 0), w1 = (uint32_t)_mm256_extract_epi32(r, 4);
         memcpy(out + i, &w0, 4);
@@ -107,7 +75,7 @@ Q8_AVX2 void q8_requant_avx2(const int32_t *acc, int64_t n, const int32_t *m0,
                                           -1, -1, -1, -1);
     __m256i m_v = _mm256_set1_epi32(m0[0]), s_v = _mm256_set1_epi32(shift[0]);
     int64_t i = 0;
-    if (!step && shift[0] >= 32 && shift[0] <= 62)
+    if (!step && q8_rq_high_shift(shift[0]))
         i = requant_high(acc, n, m0[0], shift[0], zp, lo, hi, out);
     for (; i + 8 <= n; i += 8) {
         if (step) {

@@ -16,7 +16,9 @@
  *   each channel's int32 results come out contiguous for the requantization. Stride 1
  *   runs on the padded grid (conv_image_grid: every patch row is a slice of a padded
  *   plane); other strides build the patch rows per position (conv_image). With AVX-VNNI
- *   K goes in quads of bytes (vpdpbusd), else in int16 pairs (vpmaddwd);
+ *   K goes in quads of bytes (vpdpbusd), else in int16 pairs (vpmaddwd); the VNNI grid
+ *   path requantizes each tile in the GEMM's epilogue and writes the output rows
+ *   directly (q8_gemm_quads_rq_vnni) when every shift is in [32, 62];
  * - direct: depthwise (groups > 1, one input channel per group, any channel multiplier,
  *   output rows up to DIRECT_COLS wide): per output row and kernel tap, a branch-free
  *   loop over the output columns that subtracts zp_in and skips the padding.
@@ -77,6 +79,8 @@ typedef struct conv_prep {
     int8_t *wq;         /* vnni: (O, kq4) the weights zero padded */
     int64_t *koff;      /* grid: (K) where patch row k starts in the padded planes */
     bool cquads;        /* vnni with cg % 4 == 0: channel quads interleaved in the planes */
+    bool fused_rq;      /* vnni, Wp >= 8 and every shift in [32, 62]: requantize in the GEMM */
+    q8_rq_chan *chan;   /* fused_rq: (O) the requantization constants per output channel */
     int64_t *qoff;      /* cquads: (kquads) where K quad t starts, t = (i*kw + j)*(cg/4) + q */
     int32_t zp_u8;      /* input zero point, shifted to uint8 for int8 inputs */
     uint8_t xor_in;
@@ -166,6 +170,7 @@ static void release(q8_node *n)
     free(pp->wq);
     free(pp->koff);
     free(pp->qoff);
+    free(pp->chan);
     free(pp);
     n->prep = NULL;
 }
@@ -278,6 +283,38 @@ static q8_status prepare_quads(const q8_node *n, conv_prep *pp)
     return Q8_OK;
 }
 
+/* Every channel's shift is in the range of the 32-bit requantization (multipliers below
+ * 2^-1, the usual case), which the fused GEMM epilogue implements. */
+static bool shifts_high(const q8_node *n)
+{
+    const int32_t *shift = n->cst[SHIFT].data;
+    for (int64_t i = 0; i < n->cst[SHIFT].numel; i++)
+        if (shift[i] < 32 || shift[i] > 62)
+            return false;
+    return true;
+}
+
+/* The fused epilogue's constants per output channel; an accumulator is bounded by
+ * |folded bias| + 255 * sum|W| (the GEMM starts from the folded bias and reads bytes). */
+static q8_status prepare_chan(const q8_model *m, const q8_node *n, conv_prep *pp)
+{
+    const conv_geom *g = &pp->g;
+    const int8_t *w = n->cst[WEIGHT].data; // (O, K)
+    const int32_t *mult = n->cst[MULTIPLIER].data, *shift = n->cst[SHIFT].data;
+    bool per_channel = n->cst[MULTIPLIER].numel != 1;
+    pp->chan = malloc((size_t)g->o * sizeof *pp->chan);
+    if (!pp->chan)
+        return q8_node_error(n, Q8_ERR_NOMEM, "out of memory");
+    for (int64_t o = 0; o < g->o; o++) {
+        int64_t abs_sum = 0, b = pp->pk.bias[o], mi = per_channel ? o : 0;
+        for (int64_t i = 0; i < g->k; i++)
+            abs_sum += abs(w[o * g->k + i]);
+        q8_rq_chan_init(&pp->chan[o], mult[mi], shift[mi], q8_out(m, n)->zero_point,
+                        (b < 0 ? -b : b) + 255 * abs_sum);
+    }
+    return Q8_OK;
+}
+
 static q8_status prepare(q8_model *m, q8_node *n)
 {
     conv_prep *pp = calloc(1, sizeof *pp);
@@ -309,6 +346,9 @@ static q8_status prepare(q8_model *m, q8_node *n)
         pp->chunk = round_nr(pp->grid_rows * pp->wp);
         st = prepare_quads(n, pp);
         if (st != Q8_OK)
+            return st;
+        pp->fused_rq = pp->vnni && pp->wp >= 8 && shifts_high(n);
+        if (pp->fused_rq && (st = prepare_chan(m, n, pp)) != Q8_OK)
             return st;
         pp->koff = malloc((size_t)g->k * sizeof *pp->koff);
         if (!pp->koff)
@@ -480,6 +520,25 @@ static void pad_planes_quads(const conv_prep *pp, const uint8_t *xg, uint8_t *pl
         }
 }
 
+/* The fused epilogue's destination for output rows [oh0, oh0 + rows) of group grp. */
+static q8_rq_rows rows_of(const conv_prep *pp, const requant_args *rq, int64_t grp, int64_t oh0,
+                          int64_t rows, uint8_t *yb)
+{
+    const conv_geom *g = &pp->g;
+    q8_rq_rows d;
+    d.chan = pp->chan + grp * g->og;
+    d.zp = rq->zp;
+    d.lo = rq->lo;
+    d.hi = rq->hi;
+    d.out = yb + grp * g->og * g->p + oh0 * g->ow;
+    d.ldo = g->p;
+    d.room = (g->oh - oh0) * g->ow;
+    d.wp = pp->wp;
+    d.ow = g->ow;
+    d.rows = rows;
+    return d;
+}
+
 /* Stride 1: the conv computed at every position oh*Wp + ow of the padded grid (ow < Wp,
  * the columns ow >= OW are computed and dropped, Wp/OW more work), which makes every
  * patch row a contiguous slice of a padded plane: tap (c, i, j) of rows [oh0, oh1) starts
@@ -507,6 +566,17 @@ static void conv_image_grid(const q8_model *m, const q8_node *n, const uint8_t *
             int64_t rows = g->oh - oh0 < pp->grid_rows ? g->oh - oh0 : pp->grid_rows;
             int64_t np = round_nr(rows * pp->wp);
             const int8_t *wq = pp->wq + grp * g->og * pp->kq4;
+            if (m->kernel == Q8_GEMM_AVX2 && pp->fused_rq) {
+                q8_rq_rows d = rows_of(pp, &rq, grp, oh0, rows, yb);
+                const uint8_t *a = planes + oh0 * pp->wp * 4;
+                if (!cquads) {
+                    grid_quads(pp, planes, zero, oh0, np, (uint8_t *)sc.cols);
+                    a = (const uint8_t *)sc.cols;
+                }
+                q8_gemm_quads_rq_vnni(g->og, pp->kquads, wq, pp->kq4, a, cquads ? pp->qoff : NULL,
+                                      np, pp->pk.bias + grp * g->og, &d);
+                continue;
+            }
             if (cquads)
                 q8_gemm_quads_vnni(g->og, pp->kquads, wq, pp->kq4, planes + oh0 * pp->wp * 4,
                                    pp->qoff, np, pp->pk.bias + grp * g->og, sc.acc, np);
