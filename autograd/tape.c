@@ -13,7 +13,8 @@ struct ag_ctx {
     ag_node **tape; /* heap array, grown by doubling; kept across resets */
     int64_t n_tape, cap_tape;
     int32_t no_grad_depth;
-    bool oom_in_backward; /* a gradient buffer could not be allocated */
+    bool in_backward;     /* inside ag_backward_seeded's loop over the tape */
+    bool oom_in_backward; /* a gradient buffer or an op's scratch could not be allocated */
     ag_rng rng;
     /* Per-op profile (CQAT_PROFILE=1 or ag_ctx_set_profile): an op's forward is timed
      * from its first output allocation to its tape record, its backward around the
@@ -104,9 +105,13 @@ bool ag_grad_enabled(const ag_ctx *ctx) { return ctx->no_grad_depth == 0; }
 void *ag_ctx_alloc(ag_ctx *ctx, size_t bytes)
 {
     void *p = ag_arena_alloc(&ctx->arena, bytes);
-    if (!p)
+    if (!p) {
         ag_error(AG_ERR_NOMEM, "out of memory: the step arena could not grow by %zu bytes "
                                "(it holds %zu)", bytes, ctx->arena.capacity);
+        /* a backward that loses its scratch leaves its gradients unfinished (or, if
+         * written fresh, uninitialised): ag_backward must fail */
+        ctx->oom_in_backward |= ctx->in_backward;
+    }
     return p;
 }
 
@@ -395,14 +400,44 @@ float *ag_grad(ag_ctx *ctx, ag_tensor *t)
     return t->grad;
 }
 
+/* Debug and sanitizer builds poison a fresh gradient buffer with NaN (all bits set),
+ * so that an op which leaves part of it unwritten fails its gradcheck instead of
+ * passing on whatever the arena held. */
+#if !defined(__OPTIMIZE__) || defined(__SANITIZE_ADDRESS__)
+enum { POISON_FRESH_GRADS = 1 };
+#else
+enum { POISON_FRESH_GRADS = 0 };
+#endif
+
+float *ag_grad_write(ag_ctx *ctx, ag_tensor *t, bool *fresh)
+{
+    *fresh = false;
+    if (!t || !(t->flags & AG_F_REQUIRES_GRAD))
+        return NULL;
+    if (t->grad || (t->flags & AG_F_HEAP))
+        return ag_grad(ctx, t);
+    size_t bytes = (size_t)(t->numel ? t->numel : 1) * sizeof(float);
+    t->grad = ag_arena_alloc(&ctx->arena, bytes);
+    if (!t->grad) {
+        ctx->oom_in_backward = true;
+        return NULL;
+    }
+    if (POISON_FRESH_GRADS)
+        memset(t->grad, 0xff, bytes);
+    *fresh = true;
+    return t->grad;
+}
+
 void ag_grad_acc(ag_ctx *ctx, ag_tensor *t, const float *g, int64_t n)
 {
     AG_ASSERT(!t || n == t->numel); /* a gradient has exactly its tensor's shape */
-    float *dst = ag_grad(ctx, t);
-    if (!dst)
-        return;
-    for (int64_t i = 0; i < n; i++)
-        dst[i] += g[i];
+    bool fresh;
+    float *dst = ag_grad_write(ctx, t, &fresh);
+    if (dst && fresh)
+        memcpy(dst, g, (size_t)n * sizeof(float));
+    else if (dst)
+        for (int64_t i = 0; i < n; i++)
+            dst[i] += g[i];
 }
 
 ag_status ag_backward(ag_ctx *ctx, ag_tensor *loss)
@@ -433,10 +468,12 @@ ag_status ag_backward_seeded(ag_ctx *ctx, ag_tensor *y, const float *seed)
         if (out->grad)
             memset(out->grad, 0, (size_t)out->numel * sizeof(float));
     }
-    float *dy = ag_grad(ctx, y);
+    bool fresh; /* either way the seed replaces what y's gradient held */
+    float *dy = ag_grad_write(ctx, y, &fresh);
     if (!dy)
         return ag_error(AG_ERR_NOMEM, "backward: out of memory");
     memcpy(dy, seed, (size_t)y->numel * sizeof(float));
+    ctx->in_backward = true;
     for (int64_t i = ctx->n_tape - 1; i >= 0; i--) {
         ag_node *n = ctx->tape[i];
         if (!n->out->grad)
@@ -446,7 +483,9 @@ ag_status ag_backward_seeded(ag_ctx *ctx, ag_tensor *y, const float *seed)
         if (ctx->profile)
             ctx->prof_bwd[n->op] += now_seconds() - t0;
     }
+    ctx->in_backward = false;
     if (ctx->oom_in_backward)
-        return ag_error(AG_ERR_NOMEM, "backward: out of memory for gradient buffers");
+        return ag_error(AG_ERR_NOMEM,
+                        "backward: out of memory for gradients or an op's scratch");
     return AG_OK;
 }

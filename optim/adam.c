@@ -16,8 +16,18 @@
  * meet a tensor, as in torch.
  */
 #include <math.h>
+#include <omp.h>
 
 #include "optim/optim_impl.h"
+
+/* The update loop is compiled twice, for the baseline and for FMA, picked at run time:
+ * the build targets baseline x86-64, where fmaf is a libm call per element. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define ADAM_FMA_DISPATCH 1
+#define ADAM_FMA __attribute__((target("avx2,fma")))
+#else
+#define ADAM_FMA_DISPATCH 0
+#endif
 
 static const char *const adam_keys[] = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
 
@@ -82,44 +92,88 @@ static inline float max_nan(float a, float b)
     return a >= b || a != a ? a : b;
 }
 
-void optim_adam_update(const optim_adam_args *a, bool decoupled_decay, optim_slot *slot)
+/* One parameter's update, the constants of the formulas above. */
+typedef struct adam_pass {
+    float *w;       // (param shape)
+    const float *g; // (param shape)
+    float *m, *v;   // (param shape) exp_avg, exp_avg_sq
+    float *vmax;    // (param shape) max_exp_avg_sq, amsgrad only
+    bool decoupled_decay, l2, amsgrad;
+    float neg_step_size, bc2_sqrt, eps, b1, one_b1, b2, one_b2, wd, shrink;
+} adam_pass;
+
+/* Elements [lo, hi), inlined into a plain and an FMA-target copy as in sgd.c (fmaf is
+ * exactly rounded either way: the same bits). */
+static inline __attribute__((always_inline)) void adam_span_body(const adam_pass *s,
+                                                                 int64_t lo, int64_t hi)
 {
-    ag_tensor *p = slot->param;
-    float *w = p->data;         // (param shape)
-    const float *g = p->grad;   // (param shape)
-    float *m = slot->buf[0];    // (param shape) exp_avg
-    float *v = slot->buf[1];    // (param shape) exp_avg_sq
-    float *vmax = slot->buf[2]; // (param shape) max_exp_avg_sq, amsgrad only
-    const int64_t n = p->numel;
-    const bool amsgrad = a->amsgrad;
-
-    slot->step++;
-    const double bc1 = 1.0 - pow(a->beta1, (double)slot->step);
-    const double bc2 = 1.0 - pow(a->beta2, (double)slot->step);
-    const float neg_step_size = (float)-(a->lr / bc1);
-    const float bc2_sqrt = (float)sqrt(bc2);
-    const float eps = (float)a->eps;
-    const float b1 = (float)a->beta1, one_b1 = (float)(1.0 - a->beta1);
-    const float b2 = (float)a->beta2, one_b2 = (float)(1.0 - a->beta2);
-    const bool l2 = !decoupled_decay && a->weight_decay != 0.0;
-    const float wd = (float)a->weight_decay;
-    const float shrink = (float)(1.0 - a->lr * a->weight_decay); /* AdamW's p.mul_ */
-
-#pragma omp parallel for if (n > OPTIM_PARALLEL_MIN) schedule(static)
-    for (int64_t i = 0; i < n; i++) {
+    float *restrict w = s->w, *restrict m = s->m, *restrict v = s->v;
+    float *restrict vmax = s->vmax;
+    const float *restrict g = s->g;
+    for (int64_t i = lo; i < hi; i++) {
         float gi = g[i];
-        if (decoupled_decay)
-            w[i] = w[i] * shrink;
-        else if (l2)
-            gi = fmaf(wd, w[i], gi);
-        m[i] = fmaf(one_b1, gi, m[i] * b1);
-        v[i] = fmaf(one_b2 * gi, gi, v[i] * b2);
+        if (s->decoupled_decay)
+            w[i] = w[i] * s->shrink;
+        else if (s->l2)
+            gi = fmaf(s->wd, w[i], gi);
+        m[i] = fmaf(s->one_b1, gi, m[i] * s->b1);
+        v[i] = fmaf(s->one_b2 * gi, gi, v[i] * s->b2);
         float vi = v[i];
-        if (amsgrad) {
+        if (s->amsgrad) {
             vmax[i] = max_nan(vmax[i], vi);
             vi = vmax[i];
         }
-        float denom = sqrtf(vi) / bc2_sqrt + eps;
-        w[i] = w[i] + neg_step_size * m[i] / denom;
+        float denom = sqrtf(vi) / s->bc2_sqrt + s->eps;
+        w[i] = w[i] + s->neg_step_size * m[i] / denom;
+    }
+}
+
+static void adam_span(const adam_pass *s, int64_t lo, int64_t hi)
+{
+    adam_span_body(s, lo, hi);
+}
+
+#if ADAM_FMA_DISPATCH
+static ADAM_FMA void adam_span_fma(const adam_pass *s, int64_t lo, int64_t hi)
+{
+    adam_span_body(s, lo, hi);
+}
+#endif
+
+void optim_adam_update(const optim_adam_args *a, bool decoupled_decay, optim_slot *slot)
+{
+    ag_tensor *p = slot->param;
+    slot->step++;
+    const double bc1 = 1.0 - pow(a->beta1, (double)slot->step);
+    const double bc2 = 1.0 - pow(a->beta2, (double)slot->step);
+    const adam_pass s = {
+        .w = p->data,
+        .g = p->grad,
+        .m = slot->buf[0],
+        .v = slot->buf[1],
+        .vmax = slot->buf[2],
+        .decoupled_decay = decoupled_decay,
+        .l2 = !decoupled_decay && a->weight_decay != 0.0,
+        .amsgrad = a->amsgrad,
+        .neg_step_size = (float)-(a->lr / bc1),
+        .bc2_sqrt = (float)sqrt(bc2),
+        .eps = (float)a->eps,
+        .b1 = (float)a->beta1,
+        .one_b1 = (float)(1.0 - a->beta1),
+        .b2 = (float)a->beta2,
+        .one_b2 = (float)(1.0 - a->beta2),
+        .wd = (float)a->weight_decay,
+        .shrink = (float)(1.0 - a->lr * a->weight_decay), /* AdamW's p.mul_ */
+    };
+    void (*span)(const adam_pass *, int64_t, int64_t) = adam_span;
+#if ADAM_FMA_DISPATCH
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        span = adam_span_fma;
+#endif
+    const int64_t n = p->numel;
+#pragma omp parallel if (n > OPTIM_PARALLEL_MIN)
+    {
+        int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+        span(&s, n * t / nt, n * (t + 1) / nt);
     }
 }

@@ -45,9 +45,15 @@ ag_tensor *ag_relu(ag_ctx *ctx, ag_tensor *x)
     float *yd = y->data;
     int64_t n = x->numel;
     /* torch.relu is clamp_min(x, 0): NaN stays NaN */
-#pragma omp parallel for simd if (n > ACT_PAR_ELEMS) schedule(static)
-    for (int64_t i = 0; i < n; i++)
-        yd[i] = xd[i] < 0.0f ? 0.0f : xd[i];
+#pragma omp parallel for if (n > ACT_PAR_ELEMS) schedule(static)
+    for (int64_t i0 = 0; i0 < n; i0 += AG_LINE_FLOATS) {
+        int64_t end = i0 + AG_LINE_FLOATS < n ? i0 + AG_LINE_FLOATS : n;
+        if (i0 + AG_PREFETCH_AHEAD < n)
+            ag_prefetch_store(yd + i0 + AG_PREFETCH_AHEAD);
+#pragma omp simd
+        for (int64_t i = i0; i < end; i++)
+            yd[i] = xd[i] < 0.0f ? 0.0f : xd[i];
+    }
     return record_unary(ctx, AG_OP_RELU, x, y, 0.0f, 0.0f, 0);
 }
 
@@ -55,14 +61,29 @@ ag_tensor *ag_relu(ag_ctx *ctx, ag_tensor *x)
  * the gradient elsewhere (a NaN output passes it). */
 void ag_relu_backward(ag_ctx *ctx, ag_node *n)
 {
-    float *dx = ag_grad(ctx, n->src[0]);
+    bool fresh;
+    float *dx = ag_grad_write(ctx, n->src[0], &fresh);
     if (!dx)
         return;
     const float *y = n->out->data, *dy = n->out->grad;
     int64_t len = n->out->numel;
+    if (fresh) { /* dx is not in cache: stored a line at a time, fetched ahead */
+#pragma omp parallel for if (len > ACT_PAR_ELEMS) schedule(static)
+        for (int64_t i0 = 0; i0 < len; i0 += AG_LINE_FLOATS) {
+            int64_t end = i0 + AG_LINE_FLOATS < len ? i0 + AG_LINE_FLOATS : len;
+            if (i0 + AG_PREFETCH_AHEAD < len)
+                ag_prefetch_store(dx + i0 + AG_PREFETCH_AHEAD);
+#pragma omp simd
+            for (int64_t i = i0; i < end; i++) {
+                float g = dy[i]; /* loaded unconditionally so the select vectorises */
+                dx[i] = y[i] <= 0.0f ? 0.0f : g;
+            }
+        }
+        return;
+    }
 #pragma omp parallel for simd if (len > ACT_PAR_ELEMS) schedule(static)
     for (int64_t i = 0; i < len; i++) {
-        float g = dy[i]; /* loaded unconditionally so the select vectorises */
+        float g = dy[i];
         dx[i] += y[i] <= 0.0f ? 0.0f : g;
     }
 }

@@ -312,9 +312,27 @@ static void grad_pass(ag_ctx *ctx, ag_node *n, int i, float sign)
         dt[j] += sign * g[j];
 }
 
-/* da += g, db += sign_b g. When neither operand was broadcast, both in one pass: one
- * parallel region instead of two (each costs ~30 us of wake-up under the passive wait
- * policy cqat runs with) and one read of g. a and b may be the same tensor. */
+/* d[lo, hi) = sign g, into a fresh buffer (fetched ahead: it is not in cache), or
+ * d[lo, hi) += sign g. */
+static inline void grad_block(float *restrict d, const float *restrict g, float sign,
+                              bool fresh, int64_t lo, int64_t hi, int64_t len)
+{
+    if (!fresh) {
+        for (int64_t j = lo; j < hi; j++)
+            d[j] += sign * g[j];
+        return;
+    }
+    if (lo + AG_PREFETCH_AHEAD < len)
+        ag_prefetch_store(d + lo + AG_PREFETCH_AHEAD);
+    for (int64_t j = lo; j < hi; j++)
+        d[j] = sign * g[j];
+}
+
+/* da += g, db += sign_b g (or =, into fresh buffers). When neither operand was
+ * broadcast, both in one pass: one parallel region instead of two (each costs ~30 us of
+ * wake-up under the passive wait policy cqat runs with) and one read of g. a and b may
+ * be the same tensor: then db is not fresh, and each block of da is stored before db
+ * adds into it. */
 static void add_sub_backward(ag_ctx *ctx, ag_node *n, float sign_b)
 {
     ag_tensor *a = n->src[0], *b = n->src[1], *y = n->out;
@@ -323,14 +341,17 @@ static void add_sub_backward(ag_ctx *ctx, ag_node *n, float sign_b)
         grad_pass(ctx, n, 1, sign_b);
         return;
     }
-    float *da = ag_grad(ctx, a), *db = ag_grad(ctx, b);
+    bool a_fresh, b_fresh;
+    float *da = ag_grad_write(ctx, a, &a_fresh), *db = ag_grad_write(ctx, b, &b_fresh);
     const float *g = y->grad;
-#pragma omp parallel for if (y->numel > PAR_MIN)
-    for (int64_t j = 0; j < y->numel; j++) {
+    const int64_t len = y->numel;
+#pragma omp parallel for if (len > PAR_MIN)
+    for (int64_t j0 = 0; j0 < len; j0 += AG_LINE_FLOATS) {
+        int64_t end = j0 + AG_LINE_FLOATS < len ? j0 + AG_LINE_FLOATS : len;
         if (da)
-            da[j] += g[j];
+            grad_block(da, g, 1.0f, a_fresh, j0, end, len);
         if (db)
-            db[j] += sign_b * g[j];
+            grad_block(db, g, sign_b, b_fresh, j0, end, len);
     }
 }
 

@@ -45,6 +45,18 @@ static const float *bn_row(const float *base, bn_dims d, int64_t i, int64_t ch)
     return base + (i * d.c + ch) * d.inner;
 }
 
+/* The row a channel pass visits after row i of channel ch: row i + 1, or the next
+ * channel's first (a thread takes consecutive channels); NULL after the last.
+ * A row is a short stream (196-784 floats in refcnn) a whole sample apart from the
+ * next, which the hardware prefetcher learns anew each time, so each pass asks for
+ * the next row's lines while it works on this one (ag_prefetch_load, _store). */
+static const float *bn_next_row(const float *base, bn_dims d, int64_t i, int64_t ch)
+{
+    if (i + 1 < d.n)
+        return bn_row(base, d, i + 1, ch);
+    return ch + 1 < d.c ? bn_row(base, d, 0, ch + 1) : NULL;
+}
+
 /* Sixteen float lanes as one value (a GCC/Clang vector: SSE registers in four, wider
  * ones where the compiler may use them); lane-wise arithmetic, so sums taken in lanes
  * add up in a fixed order whatever the instruction set. */
@@ -56,12 +68,16 @@ enum { BN_LANES = 16 };
  * plane, a few hundred values, so each lane adds a few dozen terms and rounds about as
  * well as double would; summing every value in double (PyTorch's accumulate type) cost
  * 3-4x more, and BN was 15% of refcnn's training step. */
-static void sums2(const float *a, const float *b, float ka, float kb, int64_t n, double *sa,
-                  double *sab)
+static void sums2(const float *a, const float *b, float ka, float kb, int64_t n,
+                  const float *next_a, const float *next_b, double *sa, double *sab)
 {
     bn_lanes s = {0}, p = {0};
     int64_t i = 0;
     for (; i + BN_LANES <= n; i += BN_LANES) {
+        if (next_a) // the rows to come (see bn_next_row); next_b may be next_a
+            ag_prefetch_load(next_a + i);
+        if (next_b && next_b != next_a)
+            ag_prefetch_load(next_b + i);
         bn_lanes va, vb; // unaligned loads
         memcpy(&va, a + i, sizeof va);
         memcpy(&vb, b + i, sizeof vb);
@@ -93,8 +109,8 @@ static void channel_stats(const float *x, bn_dims d, int64_t ch, double *mean, d
     const float shift = bn_row(x, d, 0, ch)[0]; // sums of x - shift: the spread's size
     double s = 0.0, s2 = 0.0;
     for (int64_t i = 0; i < d.n; i++) {
-        const float *row = bn_row(x, d, i, ch);
-        sums2(row, row, shift, shift, d.inner, &s, &s2);
+        const float *row = bn_row(x, d, i, ch), *next = bn_next_row(x, d, i, ch);
+        sums2(row, row, shift, shift, d.inner, next, next, &s, &s2);
     }
     const double m = (double)bn_count(d);
     *mean = shift + s / m;
@@ -105,10 +121,15 @@ static void channel_normalise(const float *x, float *y, bn_dims d, int64_t ch, f
                               float beta)
 {
     for (int64_t i = 0; i < d.n; i++) {
-        const float *src = bn_row(x, d, i, ch);
+        const float *src = bn_row(x, d, i, ch), *next = bn_next_row(x, d, i, ch);
         float *dst = y + (src - x);
-        for (int64_t k = 0; k < d.inner; k++)
-            dst[k] = src[k] * alpha + beta;
+        for (int64_t k0 = 0; k0 < d.inner; k0 += AG_LINE_FLOATS) {
+            int64_t end = k0 + AG_LINE_FLOATS < d.inner ? k0 + AG_LINE_FLOATS : d.inner;
+            if (next) // y is new: its next row is fetched for the stores to come
+                ag_prefetch_store(y + (next - x) + k0);
+            for (int64_t k = k0; k < end; k++)
+                dst[k] = src[k] * alpha + beta;
+        }
     }
 }
 
@@ -223,17 +244,30 @@ ag_tensor *ag_batch_norm(ag_ctx *ctx, ag_tensor *x, ag_tensor *weight, ag_tensor
     return ag_op_recorded(n, y);
 }
 
-/* dx for channel ch; k = dotp invstd^2 / M and grad_mean = sum(g) / M in training. */
-static void channel_dx(const float *x, const float *g, float *dx, bn_dims d, int64_t ch,
-                       bool training, float mu, float k, float grad_mean, float scale)
+/* dx for channel ch, stored (fresh) or added; k = dotp invstd^2 / M and
+ * grad_mean = sum(g) / M in training. */
+static void channel_dx(const float *x, const float *g, float *dx, bool fresh, bn_dims d,
+                       int64_t ch, bool training, float mu, float k, float grad_mean,
+                       float scale)
 {
     for (int64_t i = 0; i < d.n; i++) {
         const int64_t off = bn_row(x, d, i, ch) - x;
-        const float *xr = x + off, *gr = g + off;
+        const float *xr = x + off, *gr = g + off, *next = bn_next_row(x, d, i, ch);
         float *dr = dx + off;
-        if (training)
+        if (training && fresh) /* dx is new: its next row is fetched for the stores */
+            for (int64_t j0 = 0; j0 < d.inner; j0 += AG_LINE_FLOATS) {
+                int64_t end = j0 + AG_LINE_FLOATS < d.inner ? j0 + AG_LINE_FLOATS : d.inner;
+                if (next)
+                    ag_prefetch_store(dx + (next - x) + j0);
+                for (int64_t j = j0; j < end; j++)
+                    dr[j] = (gr[j] - grad_mean - (xr[j] - mu) * k) * scale;
+            }
+        else if (training)
             for (int64_t j = 0; j < d.inner; j++)
                 dr[j] += (gr[j] - grad_mean - (xr[j] - mu) * k) * scale;
+        else if (fresh)
+            for (int64_t j = 0; j < d.inner; j++)
+                dr[j] = gr[j] * scale;
         else
             for (int64_t j = 0; j < d.inner; j++)
                 dr[j] += gr[j] * scale;
@@ -246,7 +280,8 @@ void ag_batch_norm_backward(ag_ctx *ctx, ag_node *n)
     const bool training = n->ip[BN_IP_TRAINING] != 0;
     const ag_tensor *x = n->src[0], *weight = n->src[1];
     const float *g = n->out->grad, *mean = n->saved, *invstd = mean + d.c;
-    float *dx = ag_grad(ctx, n->src[0]);
+    bool fresh;
+    float *dx = ag_grad_write(ctx, n->src[0], &fresh);
     float *dw = ag_grad(ctx, n->src[1]);
     float *db = ag_grad(ctx, n->src[2]);
     const bool need_sums = dw || db || (dx && training);
@@ -256,7 +291,7 @@ void ag_batch_norm_backward(ag_ctx *ctx, ag_node *n)
         double sum_g = 0.0, dotp = 0.0; /* sum(g), sum(g (x - mean)) */
         for (int64_t i = 0; need_sums && i < d.n; i++)
             sums2(bn_row(g, d, i, ch), bn_row(x->data, d, i, ch), 0.0f, mean[ch], d.inner,
-                  &sum_g, &dotp);
+                  bn_next_row(g, d, i, ch), bn_next_row(x->data, d, i, ch), &sum_g, &dotp);
         const double is = invstd[ch];
         if (dw)
             dw[ch] += (float)(dotp * is);
@@ -267,6 +302,7 @@ void ag_batch_norm_backward(ag_ctx *ctx, ag_node *n)
         const double w = weight ? weight->data[ch] : 1.0;
         const float k = m > 0 ? (float)(dotp * is * is / m) : 0.0f;
         const float grad_mean = m > 0 ? (float)(sum_g / m) : 0.0f;
-        channel_dx(x->data, g, dx, d, ch, training, mean[ch], k, grad_mean, (float)(is * w));
+        channel_dx(x->data, g, dx, fresh, d, ch, training, mean[ch], k, grad_mean,
+                   (float)(is * w));
     }
 }

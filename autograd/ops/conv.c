@@ -461,9 +461,11 @@ static bool conv_forward_general(ag_ctx *ctx, const conv_geom *g, const float *x
 }
 
 /* Threads other than the first accumulate dW into zeroed partials summed at the end,
- * so that no two threads add into one buffer. */
+ * so that no two threads add into one buffer. A fresh dx (see ag_grad_write) is
+ * zeroed a sample at a time by the thread that then adds into it. */
 static bool conv_backward_general(ag_ctx *ctx, const conv_geom *g, const float *x,
-                                  const float *w, const float *dy, float *dx, float *dw)
+                                  const float *w, const float *dy, float *dx, bool dx_fresh,
+                                  float *dw)
 {
     int nt = conv_threads(g->n, g->n * g->c_out * g->k * g->p * (!!dx + !!dw));
     size_t w_floats = (size_t)(g->c_out * g->k);
@@ -481,8 +483,11 @@ static bool conv_backward_general(ag_ctx *ctx, const conv_geom *g, const float *
     for (int64_t i = 0; i < g->n; i++) {
         size_t t = (size_t)omp_get_thread_num();
         float *dw_t = dw && t ? dw_part + (t - 1) * w_floats : dw;
-        backward_sample(g, x + i * g->c_in * g->h * g->w, w, dy + i * g->c_out * g->p,
-                        dx ? dx + i * g->c_in * g->h * g->w : NULL, dw_t, &s[t]);
+        float *dx_i = dx ? dx + i * g->c_in * g->h * g->w : NULL; // (C_in, H, W)
+        if (dx_i && dx_fresh)
+            memset(dx_i, 0, (size_t)(g->c_in * g->h * g->w) * sizeof(float));
+        backward_sample(g, x + i * g->c_in * g->h * g->w, w, dy + i * g->c_out * g->p, dx_i,
+                        dw_t, &s[t]);
     }
     for (int t = 1; dw_part && t < nt; t++)
         for (size_t i = 0; i < w_floats; i++)
@@ -884,7 +889,7 @@ static float *direct_forward(ag_ctx *ctx, const conv_geom *g, const float *x, co
  * (k - 1) d - p, weights flipped in space and transposed,
  *   dx[n, c, h, w] += sum_{o, i, j} w[o, c, i, j] dy[n, o, h + p - i d, w + p - j d]
  * (conv_transpose2d's definition for stride 1), taps (o, i', j'), i' = kh - 1 - i.
- * Fills *d and the weights it points to; false on OOM. */
+ * Fills *d (accumulating) and the weights it points to; false on OOM. */
 static bool input_grad_conv(ag_ctx *ctx, const conv_geom *g, const float *w, direct_conv *d)
 {
     int64_t bh = (g->kh - 1) * g->dil_h - g->pad_h, bw = (g->kw - 1) * g->dil_w - g->pad_w;
@@ -1037,11 +1042,11 @@ static void direct_backward_sample(const direct_grads *a, int64_t i, int t)
 }
 
 /* db += sum of dY, dw += sum over samples of dY x^T (from the padded input the forward
- * kept), dx += conv(dY, flipped W), in one parallel region over samples. Each thread
- * adds its samples' db and dw into its own zeroed partials, summed in thread order at
- * the end: a fixed order for a given thread count. False on OOM. */
+ * kept), dx += conv(dY, flipped W) (or =, into a fresh dx), in one parallel region over
+ * samples. Each thread adds its samples' db and dw into its own zeroed partials, summed
+ * in thread order at the end: a fixed order for a given thread count. False on OOM. */
 static bool direct_backward(ag_ctx *ctx, const conv_geom *g, const float *xp, const float *w,
-                            const float *dy, float *dx, float *dw, float *db)
+                            const float *dy, float *dx, bool dx_fresh, float *dw, float *db)
 {
     int64_t hp = padded_h(g), wp = padded_w(g), ldw = round_lanes(g->og);
     int nt = conv_threads(g->n, g->n * g->c_out * g->k * g->p * (!!dx + !!dw));
@@ -1059,6 +1064,7 @@ static bool direct_backward(ag_ctx *ctx, const conv_geom *g, const float *xp, co
                      ctx, (size_t)(nt * padded_sample_floats(g->c_out, dxc.hp, dxc.wp)) *
                               sizeof(float)))))
         return false;
+    dxc.accumulate = !dx_fresh;
     if (a.db)
         memset(a.db, 0, (size_t)(nt * g->c_out) * sizeof(double));
     if (a.dw)
@@ -1188,9 +1194,11 @@ static void conv_forward_depthwise(const conv_geom *g, const float *x, const flo
 }
 
 /* Every plane writes its dW share to its own slot of a (N, C, kH, kW) scratch, summed
- * over N afterwards: planes run in parallel without sharing an accumulator. */
+ * over N afterwards: planes run in parallel without sharing an accumulator. A fresh dx
+ * is zeroed a plane at a time before the plane adds into it. */
 static bool conv_backward_depthwise(ag_ctx *ctx, const conv_geom *g, const float *x,
-                                    const float *w, const float *dy, float *dx, float *dw)
+                                    const float *w, const float *dy, float *dx, bool dx_fresh,
+                                    float *dw)
 {
     int64_t planes = g->n * g->c_out, kk = g->kh * g->kw;
     float *dw_planes = NULL; // (N, C, kH, kW)
@@ -1200,8 +1208,10 @@ static bool conv_backward_depthwise(ag_ctx *ctx, const conv_geom *g, const float
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
     for (int64_t pl = 0; pl < planes; pl++) {
         int64_t c = pl % g->c_out;
-        depthwise_plane_backward(g, x + pl * g->h * g->w, w + c * kk, dy + pl * g->p,
-                                 dx ? dx + pl * g->h * g->w : NULL,
+        float *dx_pl = dx ? dx + pl * g->h * g->w : NULL; // (H, W)
+        if (dx_pl && dx_fresh)
+            memset(dx_pl, 0, (size_t)(g->h * g->w) * sizeof(float));
+        depthwise_plane_backward(g, x + pl * g->h * g->w, w + c * kk, dy + pl * g->p, dx_pl,
                                  dw_planes ? dw_planes + pl * kk : NULL);
     }
     for (int64_t pl = 0; dw_planes && pl < planes; pl++)
@@ -1273,19 +1283,22 @@ void ag_conv2d_backward(ag_ctx *ctx, ag_node *n)
     conv_geom g;
     conv_geom_init(&g, x, w, &a);
     const float *dy = n->out->grad; // (N, C_out, H_out, W_out)
-    float *db = ag_grad(ctx, b), *dx = ag_grad(ctx, x), *dw = ag_grad(ctx, w);
+    float *db = ag_grad(ctx, b), *dw = ag_grad(ctx, w);
+    bool dx_fresh; /* asked last, so false if x is also w or b (then dx is dw or db) */
+    float *dx = ag_grad_write(ctx, x, &dx_fresh);
     if (n->saved) { // the forward took the direct path
-        direct_backward(ctx, &g, n->saved, w->data, dy, dx, dw, db);
+        direct_backward(ctx, &g, n->saved, w->data, dy, dx, dx_fresh, dw, db);
         return;
     }
     if (db)
         bias_backward(&g, dy, db);
     if (!dx && !dw)
         return;
-    /* If the scratch cannot be had, ag_ctx_alloc has set the message and dx, dw stay
-     * short; a backward function has no way to fail the whole ag_backward (yet). */
+    /* If the scratch cannot be had, dx and dw stay unfinished: ag_ctx_alloc has set the
+     * message, and ag_backward returns AG_ERR_NOMEM for any allocation that failed in a
+     * backward function. */
     if (g.depthwise)
-        conv_backward_depthwise(ctx, &g, x->data, w->data, dy, dx, dw);
+        conv_backward_depthwise(ctx, &g, x->data, w->data, dy, dx, dx_fresh, dw);
     else
-        conv_backward_general(ctx, &g, x->data, w->data, dy, dx, dw);
+        conv_backward_general(ctx, &g, x->data, w->data, dy, dx, dx_fresh, dw);
 }

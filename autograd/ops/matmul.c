@@ -1,8 +1,9 @@
 /* matmul.c — matrix products through cblas_sgemm: ag_matmul (torch.mm with optional
  * transposes) and ag_linear (torch.nn.functional.linear).
  *
- * Backward passes call sgemm with beta = 1 straight into the gradient buffers, so
- * accumulation (+=) costs nothing extra.
+ * Backward passes call sgemm straight into the gradient buffers: beta = 0 into a fresh
+ * one (ag_grad_write), beta = 1 to add to one that holds a contribution already, so
+ * neither zeroing nor accumulation (+=) costs a pass.
  */
 #include "autograd/ag_impl.h"
 
@@ -96,16 +97,19 @@ void ag_matmul_backward(ag_ctx *ctx, ag_node *node)
     int64_t k = ta ? a->shape[0] : a->shape[1];
     int64_t lda = a->shape[1], ldb = b->shape[1];
     const float *g = node->out->grad; // (M, N)
-    float *da = ag_grad(ctx, a);
+    bool fresh; /* a then b: if they are one tensor, da is stored before db adds */
+    float *da = ag_grad_write(ctx, a, &fresh);
+    float beta = fresh ? 0.0f : 1.0f;
     if (da && !ta)
-        sgemm(false, !tb, m, k, n, g, n, b->data, ldb, 1.0f, da, k); // (M, K)
+        sgemm(false, !tb, m, k, n, g, n, b->data, ldb, beta, da, k); // (M, K)
     if (da && ta)
-        sgemm(tb, true, k, m, n, b->data, ldb, g, n, 1.0f, da, m); // (K, M)
-    float *db = ag_grad(ctx, b);
+        sgemm(tb, true, k, m, n, b->data, ldb, g, n, beta, da, m); // (K, M)
+    float *db = ag_grad_write(ctx, b, &fresh);
+    beta = fresh ? 0.0f : 1.0f;
     if (db && !tb)
-        sgemm(!ta, false, k, n, m, a->data, lda, g, n, 1.0f, db, n); // (K, N)
+        sgemm(!ta, false, k, n, m, a->data, lda, g, n, beta, db, n); // (K, N)
     if (db && tb)
-        sgemm(true, ta, n, k, m, g, n, a->data, lda, 1.0f, db, k); // (N, K)
+        sgemm(true, ta, n, k, m, g, n, a->data, lda, beta, db, k); // (N, K)
 }
 
 /* ---- linear ----------------------------------------------------------------------- */
@@ -167,9 +171,10 @@ void ag_linear_backward(ag_ctx *ctx, ag_node *n)
     int64_t in = w->shape[1], out = w->shape[0];
     int64_t rows = ag_shape_numel(x->ndim - 1, x->shape);
     const float *g = n->out->grad; // (rows, out)
-    float *dx = ag_grad(ctx, x);
-    if (dx)
-        sgemm(false, false, rows, in, out, g, out, w->data, in, 1.0f, dx, in); // (rows, in)
+    bool fresh;
+    float *dx = ag_grad_write(ctx, x, &fresh);
+    if (dx) // (rows, in)
+        sgemm(false, false, rows, in, out, g, out, w->data, in, fresh ? 0.0f : 1.0f, dx, in);
     float *dw = ag_grad(ctx, w);
     if (dw)
         sgemm(true, false, out, in, rows, g, out, x->data, in, 1.0f, dw, in); // (out, in)

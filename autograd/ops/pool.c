@@ -16,6 +16,10 @@
 /* Below this many window reads a loop is not worth waking the thread team for. */
 enum { POOL_PAR_WORK = 32768 };
 
+/* Bytes past the end of max_pool2d's argmax buffer, so that the 2x2 backward can read
+ * sixteen offset codes at any row start (a row of refcnn's is 14 or 7 wide). */
+enum { POOL_IDX_SLACK = 16 };
+
 /* Node parameters shared by max_pool2d and avg_pool2d (ip[]). */
 enum { IP_KH, IP_KW, IP_SH, IP_SW, IP_PH, IP_PW, IP_INCLUDE_PAD };
 
@@ -219,6 +223,37 @@ static void max_pool_2x2_plane_backward(float *restrict dx, const float *restric
     }
 }
 
+/* A last odd row and column of the input plane (H, W), which no 2x2 window covers and
+ * whose gradient is zero, stored as zeros. */
+static void max_pool_2x2_zero_uncovered(float *dx, const pool_geom *g)
+{
+    if (g->iw > 2 * g->ow)
+        for (int64_t h = 0; h < 2 * g->oh; h++)
+            dx[h * g->iw + g->iw - 1] = 0.0f;
+    if (g->ih > 2 * g->oh)
+        memset(dx + 2 * g->oh * g->iw, 0, (size_t)g->iw * sizeof(float));
+}
+
+/* The backward into a fresh dx (ag_grad_write): every cell is stored, the argmax of
+ * its window with the window's gradient, the other three with zero. */
+static void max_pool_2x2_plane_backward_store(float *restrict dx, const float *restrict dy,
+                                              const uint8_t *restrict idx, const pool_geom *g)
+{
+    for (int64_t oh = 0; oh < g->oh; oh++) {
+        float *top = dx + 2 * oh * g->iw, *bot = top + g->iw; /* (iw) each */
+        const uint8_t *kr = idx + oh * g->ow;
+        const float *dr = dy + oh * g->ow;
+        for (int64_t ow = 0; ow < g->ow; ow++) {
+            float d = dr[ow];
+            top[2 * ow] = kr[ow] == 0 ? d : 0.0f;
+            top[2 * ow + 1] = kr[ow] == 1 ? d : 0.0f;
+            bot[2 * ow] = kr[ow] == 2 ? d : 0.0f;
+            bot[2 * ow + 1] = kr[ow] == 3 ? d : 0.0f;
+        }
+    }
+    max_pool_2x2_zero_uncovered(dx, g);
+}
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define POOL_AVX512 1
 #include <immintrin.h>
@@ -269,6 +304,41 @@ static AVX512 void max_pool_2x2_plane_avx512(const float *x, float *y, uint8_t *
         }
 }
 
+/* max_pool_2x2_plane_backward_store sixteen windows at a time: each of the four cells
+ * masks dY by its offset code, and the cells of a row are interleaved into two
+ * vectors of 16 columns. Plain stores, no loads of dx, so none of the store-to-load
+ * stalls of a vector scatter. */
+static AVX512 void max_pool_2x2_plane_backward_store_avx512(float *dx, const float *dy,
+                                                            const uint8_t *idx,
+                                                            const pool_geom *g)
+{
+    const __m512i lo =
+        _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+    for (int64_t oh = 0; oh < g->oh; oh++) {
+        // dx is not in cache: the two input rows of window row oh + 2 are fetched ahead
+        for (int64_t c = 0; oh + 2 < g->oh && c < 2 * g->iw; c += AG_LINE_FLOATS)
+            ag_prefetch_store(dx + 2 * (oh + 2) * g->iw + c);
+        for (int64_t o0 = 0; o0 < g->ow; o0 += 16) {
+            int64_t n = g->ow - o0 < 16 ? g->ow - o0 : 16; // windows; columns 2n
+            __mmask16 m = lanes_below(n), m0 = lanes_below(2 * n), m1 = lanes_below(2 * n - 16);
+            /* codes past n (the next row's, or the slack) meet d = 0 and are not stored */
+            __m512i k = _mm512_cvtepu8_epi32(
+                _mm_loadu_si128((const __m128i *)(const void *)(idx + oh * g->ow + o0)));
+            __m512 d = _mm512_maskz_loadu_ps(m, dy + oh * g->ow + o0);
+            __m512 c[4];
+            for (int i = 0; i < 4; i++)
+                c[i] = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(k, _mm512_set1_epi32(i)), d);
+            float *top = dx + 2 * oh * g->iw + 2 * o0, *bot = top + g->iw;
+            _mm512_mask_storeu_ps(top, m0, _mm512_permutex2var_ps(c[0], lo, c[1]));
+            _mm512_mask_storeu_ps(top + 16, m1, _mm512_permutex2var_ps(c[0], hi, c[1]));
+            _mm512_mask_storeu_ps(bot, m0, _mm512_permutex2var_ps(c[2], lo, c[3]));
+            _mm512_mask_storeu_ps(bot + 16, m1, _mm512_permutex2var_ps(c[2], hi, c[3]));
+        }
+    }
+    max_pool_2x2_zero_uncovered(dx, g);
+}
+
 #else
 #define POOL_AVX512 0
 #endif
@@ -316,11 +386,13 @@ ag_tensor *ag_max_pool2d(ag_ctx *ctx, ag_tensor *x, const ag_pool2d_args *args)
         return NULL;
     /* argmax per output cell (see max_pool_plane_any); only when backward needs it */
     size_t idx_size = max_pool_is_2x2(&g) ? sizeof(uint8_t) : sizeof(int32_t);
-    char *idx = NULL; /* (N, C, oh, ow) */
+    char *idx = NULL; /* (N, C, oh, ow) + POOL_IDX_SLACK zero bytes */
     if (ag_op_needs_record(ctx, &x, 1)) {
-        idx = ag_ctx_alloc(ctx, (size_t)y->numel * idx_size);
+        size_t bytes = (size_t)y->numel * idx_size;
+        idx = ag_ctx_alloc(ctx, bytes + POOL_IDX_SLACK);
         if (!idx)
             return NULL;
+        memset(idx + bytes, 0, POOL_IDX_SLACK);
     }
     int64_t in_plane = g.ih * g.iw, out_plane = g.oh * g.ow;
     const float *xd = x->data;
@@ -338,28 +410,51 @@ ag_tensor *ag_max_pool2d(ag_ctx *ctx, ag_tensor *x, const ag_pool2d_args *args)
     return ag_op_recorded(n, y);
 }
 
+/* One plane of the backward: a scatter that adds, or for 2x2 into a fresh dx, stores.
+ * A fresh dx that is scattered into is zeroed here, by the thread that owns the plane
+ * and while it is in cache, rather than by the engine in a pass of its own. */
+static void max_pool_plane_backward_any(float *dx, const float *dy, const void *idx,
+                                        const pool_geom *g, bool fresh, bool avx512)
+{
+    if (max_pool_is_2x2(g) && fresh) {
+#if POOL_AVX512
+        if (avx512) {
+            max_pool_2x2_plane_backward_store_avx512(dx, dy, idx, g);
+            return;
+        }
+#endif
+        max_pool_2x2_plane_backward_store(dx, dy, idx, g);
+        return;
+    }
+    (void)avx512;
+    if (fresh)
+        memset(dx, 0, (size_t)(g->ih * g->iw) * sizeof(float));
+    if (max_pool_is_2x2(g)) {
+        max_pool_2x2_plane_backward(dx, dy, idx, g);
+        return;
+    }
+    const int32_t *ip = idx; /* (oh, ow) */
+    for (int64_t o = 0; o < g->oh * g->ow; o++)
+        dx[ip[o]] += dy[o];
+}
+
 /* max_pool2d_with_indices_backward: each output gradient goes to its argmax. */
 void ag_max_pool2d_backward(ag_ctx *ctx, ag_node *n)
 {
-    float *dx = ag_grad(ctx, n->src[0]); /* (N, C, ih, iw) */
+    bool fresh;
+    float *dx = ag_grad_write(ctx, n->src[0], &fresh); /* (N, C, ih, iw) */
     if (!dx)
         return;
     pool_geom g = pool_geom_of(n);
     const float *dy = n->out->grad; /* (N, C, oh, ow) */
     int64_t in_plane = g.ih * g.iw, out_plane = g.oh * g.ow;
-    const bool by_offset = max_pool_is_2x2(&g);
+    size_t idx_size = max_pool_is_2x2(&g) ? sizeof(uint8_t) : sizeof(int32_t);
+    const char *idx = n->saved; /* (N, C, oh, ow) */
+    bool avx512 = pool_avx512();
 #pragma omp parallel for if (n->out->numel > POOL_PAR_WORK) schedule(static)
-    for (int64_t p = 0; p < g.planes; p++) {
-        float *dxp = dx + p * in_plane;
-        const float *dyp = dy + p * out_plane;
-        if (!by_offset) {
-            const int32_t *ip = (const int32_t *)n->saved + p * out_plane; /* (oh, ow) */
-            for (int64_t o = 0; o < out_plane; o++)
-                dxp[ip[o]] += dyp[o];
-            continue;
-        }
-        max_pool_2x2_plane_backward(dxp, dyp, (const uint8_t *)n->saved + p * out_plane, &g);
-    }
+    for (int64_t p = 0; p < g.planes; p++)
+        max_pool_plane_backward_any(dx + p * in_plane, dy + p * out_plane,
+                                    idx + (size_t)(p * out_plane) * idx_size, &g, fresh, avx512);
 }
 
 /* ---- avg_pool2d ---- */

@@ -137,14 +137,20 @@ ag_tensor *ag_channels(ag_ctx *ctx, ag_tensor *v)
     return view_of(ctx, v, 4, AG_SHAPE(1, v->shape[0], 1, 1));
 }
 
-/* dx += g: a view has its input's elements in the same order. */
+/* dx += g (or = g, into a fresh dx): a view has its input's elements in the same
+ * order. */
 void ag_reshape_backward(ag_ctx *ctx, ag_node *n)
 {
-    float *dx = ag_grad(ctx, n->src[0]);
+    bool fresh;
+    float *dx = ag_grad_write(ctx, n->src[0], &fresh);
     if (!dx)
         return;
     const float *g = n->out->grad;
     AG_ASSERT(n->src[0]->numel == n->out->numel);
+    if (fresh) {
+        memcpy(dx, g, (size_t)n->out->numel * sizeof(float));
+        return;
+    }
 #pragma omp parallel for if (n->out->numel > PAR_MIN)
     for (int64_t i = 0; i < n->out->numel; i++)
         dx[i] += g[i];
