@@ -93,8 +93,108 @@ static inline bool fq_in_range_wide(float x, const fq_params *p)
     return p->qmin <= q && q <= p->qmax;
 }
 
+/* ---- AVX-512 kernels of the narrow range ---------------------------------------------
+ * The same float operations as fq_span / fq_span_grad below, sixteen lanes at a time,
+ * so the outputs are bit for bit the scalar ones: vrndscaleps in round-to-nearest-even
+ * is rne(), the masked moves are fq_clamp's selects, the 0/1 mask multiplies dy as in
+ * the scalar code (so 0 * inf stays NaN). GCC's own vectorization of the scalar loop
+ * is SSE2 only (no round instruction, no blends: ~40 instructions per 4 values), which
+ * made fake quant the largest cost of a QAT step after the convolutions. Runtime
+ * dispatch: the binary still runs on any x86-64. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FQ_X86 1
+#include <immintrin.h>
+#define FQ_AVX512 __attribute__((target("avx512f")))
+#else
+#define FQ_X86 0
+#endif
+
+#if FQ_X86
+static bool fq_has_avx512(void) { return __builtin_cpu_supports("avx512f"); }
+
+typedef struct fq_vec {
+    __m512 inv, zp, lo, hi, scale;
+} fq_vec;
+
+FQ_AVX512 static fq_vec fq_vec_of(const fq_params *p)
+{
+    return (fq_vec){_mm512_set1_ps(p->inv), _mm512_set1_ps(p->zp), _mm512_set1_ps(p->lo),
+                    _mm512_set1_ps(p->hi), _mm512_set1_ps(p->scale)};
+}
+
+/* fq_qf: zp + rne(x * inv) */
+FQ_AVX512 static inline __m512 fq_qf16(__m512 x, const fq_vec *v)
+{
+    __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(x, v->inv),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm512_add_ps(v->zp, r);
+}
+
+/* (fq_clamp(qf) - zp) * scale: above hi -> hi unless >= 2^63 (-> lo); below lo and
+ * NaN -> lo. */
+FQ_AVX512 static inline __m512 fq_y16(__m512 x, const fq_vec *v)
+{
+    const __m512 qf = fq_qf16(x, v);
+    const __mmask16 ge_lo = _mm512_cmp_ps_mask(qf, v->lo, _CMP_GE_OQ);
+    const __mmask16 gt_hi = _mm512_cmp_ps_mask(qf, v->hi, _CMP_GT_OQ);
+    const __mmask16 huge = _mm512_cmp_ps_mask(qf, _mm512_set1_ps(0x1p63f), _CMP_GE_OQ);
+    __m512 q = _mm512_mask_mov_ps(qf, gt_hi, v->hi);
+    q = _mm512_mask_mov_ps(q, huge, v->lo);
+    q = _mm512_mask_mov_ps(v->lo, ge_lo, q);
+    return _mm512_mul_ps(_mm512_sub_ps(q, v->zp), v->scale);
+}
+
+/* fq_mask: 1 where lo <= qf <= hi, else 0 */
+FQ_AVX512 static inline __m512 fq_mask16(__m512 x, const fq_vec *v)
+{
+    const __m512 qf = fq_qf16(x, v);
+    const __mmask16 in = _mm512_cmp_ps_mask(qf, v->lo, _CMP_GE_OQ) &
+                         _mm512_cmp_ps_mask(qf, v->hi, _CMP_LE_OQ);
+    return _mm512_maskz_mov_ps(in, _mm512_set1_ps(1.0f));
+}
+
+static __mmask16 fq_tail_mask(int64_t left) { return (__mmask16)((1u << left) - 1u); }
+
+FQ_AVX512 static void fq_span_avx512(const float *x, float *y, int64_t n, const fq_params *p)
+{
+    const fq_vec v = fq_vec_of(p);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, fq_y16(_mm512_loadu_ps(x + i), &v));
+    if (i < n) {
+        const __mmask16 m = fq_tail_mask(n - i);
+        _mm512_mask_storeu_ps(y + i, m, fq_y16(_mm512_maskz_loadu_ps(m, x + i), &v));
+    }
+}
+
+FQ_AVX512 static void fq_span_grad_avx512(const float *x, const float *dy, float *dx, int64_t n,
+                                          const fq_params *p, bool fresh)
+{
+    const fq_vec v = fq_vec_of(p);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 g =
+            _mm512_mul_ps(_mm512_loadu_ps(dy + i), fq_mask16(_mm512_loadu_ps(x + i), &v));
+        _mm512_storeu_ps(dx + i, fresh ? g : _mm512_add_ps(_mm512_loadu_ps(dx + i), g));
+    }
+    if (i < n) {
+        const __mmask16 m = fq_tail_mask(n - i);
+        __m512 g = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, dy + i),
+                                 fq_mask16(_mm512_maskz_loadu_ps(m, x + i), &v));
+        _mm512_mask_storeu_ps(dx + i, m,
+                              fresh ? g : _mm512_add_ps(_mm512_maskz_loadu_ps(m, dx + i), g));
+    }
+}
+#endif
+
 static void fq_span(const float *restrict x, float *restrict y, int64_t n, const fq_params *p)
 {
+#if FQ_X86
+    if (range_is_narrow(p->qmin, p->qmax) && fq_has_avx512()) {
+        fq_span_avx512(x, y, n, p);
+        return;
+    }
+#endif
     if (!range_is_narrow(p->qmin, p->qmax)) {
         for (int64_t i = 0; i < n; i++)
             y[i] = fq_one_wide(x[i], p);
@@ -105,18 +205,29 @@ static void fq_span(const float *restrict x, float *restrict y, int64_t n, const
         y[i] = (fq_clamp(fq_qf(x[i], inv, zp), lo, hi) - zp) * scale;
 }
 
-/* dx += dy * mask: a bool mask times dy, as PyTorch's backward (0 * inf is NaN). */
+/* dx += dy * mask: a bool mask times dy, as PyTorch's backward (0 * inf is NaN);
+ * dx = dy * mask into a fresh gradient (ag_grad_write). */
 static void fq_span_grad(const float *restrict x, const float *restrict dy, float *restrict dx,
-                         int64_t n, const fq_params *p)
+                         int64_t n, const fq_params *p, bool fresh)
 {
+#if FQ_X86
+    if (range_is_narrow(p->qmin, p->qmax) && fq_has_avx512()) {
+        fq_span_grad_avx512(x, dy, dx, n, p, fresh);
+        return;
+    }
+#endif
     if (!range_is_narrow(p->qmin, p->qmax)) {
-        for (int64_t i = 0; i < n; i++)
-            dx[i] += dy[i] * (float)fq_in_range_wide(x[i], p);
+        for (int64_t i = 0; i < n; i++) {
+            float g = dy[i] * (float)fq_in_range_wide(x[i], p);
+            dx[i] = fresh ? g : dx[i] + g;
+        }
         return;
     }
     const float inv = p->inv, zp = p->zp, lo = p->lo, hi = p->hi;
-    for (int64_t i = 0; i < n; i++)
-        dx[i] += dy[i] * fq_mask(fq_qf(x[i], inv, zp), lo, hi);
+    for (int64_t i = 0; i < n; i++) {
+        float g = dy[i] * fq_mask(fq_qf(x[i], inv, zp), lo, hi);
+        dx[i] = fresh ? g : dx[i] + g;
+    }
 }
 
 enum { FQ_CHUNK = 16384, FQ_PARALLEL_MIN = 65536 };
@@ -144,7 +255,8 @@ static ag_status check_f32(const char *op, const ag_tensor *x)
 
 static void fq_tensor_backward(ag_ctx *ctx, ag_node *n)
 {
-    float *dx = ag_grad(ctx, n->src[0]);
+    bool fresh;
+    float *dx = ag_grad_write(ctx, n->src[0], &fresh);
     if (!dx)
         return;
     const fq_params p = fq_params_make(n->fp[0], (int32_t)n->ip[0], (int32_t)n->ip[1],
@@ -154,7 +266,7 @@ static void fq_tensor_backward(ag_ctx *ctx, ag_node *n)
 #pragma omp parallel for if (total > FQ_PARALLEL_MIN) schedule(static)
     for (int64_t s = 0; s < total; s += FQ_CHUNK) {
         int64_t len = total - s < FQ_CHUNK ? total - s : FQ_CHUNK;
-        fq_span_grad(x + s, dy + s, dx + s, len, &p);
+        fq_span_grad(x + s, dy + s, dx + s, len, &p, fresh);
     }
 }
 
@@ -189,8 +301,9 @@ ag_tensor *qat_fake_quantize_per_tensor(ag_ctx *ctx, ag_tensor *x, float scale,
 
 /* ---- per-channel op ----------------------------------------------------------------- */
 
-/* x as (outer, C, inner) around `axis`; node ip[] = {outer, C, inner, qmin, qmax}. */
-static void fq_channel_rows(const float *x, float *y, const float *dy, float *dx,
+/* x as (outer, C, inner) around `axis`; node ip[] = {outer, C, inner, qmin, qmax}.
+ * Forward into y, or backward from dy into dx (written if fresh, else added to). */
+static void fq_channel_rows(const float *x, float *y, const float *dy, float *dx, bool fresh,
                             const float *scale, const int32_t *zp, const int64_t dims[3],
                             int32_t qmin, int32_t qmax)
 {
@@ -202,7 +315,7 @@ static void fq_channel_rows(const float *x, float *y, const float *dy, float *dx
         if (y)
             fq_span(x + r * inner, y + r * inner, inner, &p);
         else
-            fq_span_grad(x + r * inner, dy + r * inner, dx + r * inner, inner, &p);
+            fq_span_grad(x + r * inner, dy + r * inner, dx + r * inner, inner, &p, fresh);
     }
 }
 
@@ -213,11 +326,12 @@ typedef struct fq_channel_saved {
 
 static void fq_channel_backward(ag_ctx *ctx, ag_node *n)
 {
-    float *dx = ag_grad(ctx, n->src[0]);
+    bool fresh;
+    float *dx = ag_grad_write(ctx, n->src[0], &fresh);
     if (!dx)
         return;
     const fq_channel_saved *sv = n->saved;
-    fq_channel_rows(n->src[0]->data, NULL, n->out->grad, dx, sv->scale, sv->zp, n->ip,
+    fq_channel_rows(n->src[0]->data, NULL, n->out->grad, dx, fresh, sv->scale, sv->zp, n->ip,
                     (int32_t)n->ip[3], (int32_t)n->ip[4]);
 }
 
@@ -261,7 +375,7 @@ ag_tensor *qat_fake_quantize_per_channel(ag_ctx *ctx, ag_tensor *x, const float 
     ag_tensor *y = ag_op_output(ctx, x->ndim, x->shape);
     if (!y)
         return NULL;
-    fq_channel_rows(x->data, y->data, NULL, NULL, scale, zero_point, dims, qmin, qmax);
+    fq_channel_rows(x->data, y->data, NULL, NULL, false, scale, zero_point, dims, qmin, qmax);
     fq_channel_saved *sv = NULL;
     if (ag_op_needs_record(ctx, (ag_tensor *[]){x}, 1)) {
         sv = save_channel_params(ctx, scale, zero_point, dims[1]);
@@ -292,6 +406,12 @@ typedef struct qat_fq {
     ag_tensor *zero_point; // (1) -> (C) int32 buffer; learnable: float parameter
     ag_tensor *static_enabled, *learning_enabled;    // (1) uint8, learnable only
     ag_tensor *eps;                                   // (1) learnable only
+    /* qat_fake_quant_give_range: the next input's min and max, if it is x. */
+    struct {
+        const ag_tensor *x;
+        const float *data;
+        float lo, hi;
+    } given;
 } qat_fq;
 
 static ag_tensor *fq_forward(nn_module *m, ag_ctx *ctx, ag_tensor *x);
@@ -587,12 +707,23 @@ static float fused_ema(float running, float batch, float c)
     return isinf(running) ? batch : running + c * (batch - running);
 }
 
+/* The per-tensor min and max of x: the range given for it, else computed. */
+static void fused_minmax(qat_fq *f, const ag_tensor *x, float *lo, float *hi)
+{
+    if (f->given.x == x && f->given.data == x->data) {
+        *lo = f->given.lo;
+        *hi = f->given.hi;
+        return;
+    }
+    qat_aminmax(x->data, x->numel, lo, hi);
+}
+
 static ag_status fused_observe(qat_fq *f, const ag_tensor *x, ag_tensor *mn, ag_tensor *mx)
 {
     const float c = f->cfg.obs.averaging_constant;
     if (!f->per_channel) {
         float lo, hi;
-        qat_aminmax(x->data, x->numel, &lo, &hi);
+        fused_minmax(f, x, &lo, &hi);
         mn->data[0] = fused_ema(mn->data[0], lo, c);
         mx->data[0] = fused_ema(mx->data[0], hi, c);
         return AG_OK;
@@ -736,13 +867,12 @@ static ag_tensor *fq_learnable_forward(qat_fq *f, ag_ctx *ctx, ag_tensor *x)
                                                   f->qmax, (float)gf);
 }
 
-static ag_tensor *fq_forward(nn_module *m, ag_ctx *ctx, ag_tensor *x)
+static ag_tensor *fq_forward_kind(qat_fq *f, ag_ctx *ctx, ag_tensor *x)
 {
-    qat_fq *f = (qat_fq *)m;
     if (!x)
         return NULL;
     if (x->dtype != AG_F32) {
-        ag_error(AG_ERR_ARG, "%s: input must be float32, got %s", m->vt->type,
+        ag_error(AG_ERR_ARG, "%s: input must be float32, got %s", f->base.vt->type,
                  ag_dtype_name(x->dtype));
         return NULL;
     }
@@ -752,6 +882,14 @@ static ag_tensor *fq_forward(nn_module *m, ag_ctx *ctx, ag_tensor *x)
     case QAT_FQ_STANDARD:
     default: return fq_standard_forward(f, ctx, x);
     }
+}
+
+static ag_tensor *fq_forward(nn_module *m, ag_ctx *ctx, ag_tensor *x)
+{
+    qat_fq *f = (qat_fq *)m;
+    ag_tensor *y = fq_forward_kind(f, ctx, x);
+    f->given.x = NULL; /* a given range serves one forward */
+    return y;
 }
 
 /* ---- parameters, range, toggles ---- */
@@ -795,6 +933,22 @@ void qat_fake_quant_range(const nn_module *fq, int32_t *qmin, int32_t *qmax)
     AG_ASSERT(f);
     *qmin = f->qmin;
     *qmax = f->qmax;
+}
+
+bool qat_fake_quant_takes_range(const nn_module *fq)
+{
+    const qat_fq *f = as_fq(fq);
+    return f && f->cfg.kind == QAT_FQ_FUSED && !f->per_channel && flag_on(f->observer_enabled);
+}
+
+void qat_fake_quant_give_range(nn_module *fq, const ag_tensor *x, float lo, float hi)
+{
+    qat_fq *f = as_fq(fq);
+    AG_ASSERT(f && !isnan(lo) && !isnan(hi));
+    f->given.x = x;
+    f->given.data = x->data;
+    f->given.lo = lo;
+    f->given.hi = hi;
 }
 
 void qat_fake_quant_enable_observer(nn_module *fq, bool on)

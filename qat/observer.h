@@ -131,6 +131,16 @@ ag_status qat_fake_quant_qparams(nn_module *fq, float *scale, int32_t *zero_poin
 /* Range actually used by the fake quant ([quant_min, quant_max] of its observer). */
 void qat_fake_quant_range(const nn_module *fq, int32_t *qmin, int32_t *qmax);
 
+/* A producer that knows its output's min and max (it took them while writing it) can
+ * spare the fake quant that observes the output its own pass over it.
+ * qat_fake_quant_takes_range(fq): fq is a FusedMovingAvgObsFakeQuantize, per tensor,
+ * observing (false for NULL and anything else). qat_fake_quant_give_range(fq, x, lo,
+ * hi): fq's next forward, if its input is x (the same tensor and data), uses lo and hi
+ * as x's min and max instead of computing them; any forward forgets the range. lo and
+ * hi must be what qat_aminmax(x) gives (up to the sign of a zero), and not NaN. */
+bool qat_fake_quant_takes_range(const nn_module *fq);
+void qat_fake_quant_give_range(nn_module *fq, const ag_tensor *x, float lo, float hi);
+
 /* Toggles, on one module or (the _all variants) on every FakeQuantize in a tree, as
  * PyTorch's model.apply(torch.ao.quantization.disable_observer) etc. Bare observers
  * have no switch (in PyTorch either): they are skipped. On a _LearnableFakeQuantize

@@ -1062,7 +1062,12 @@ static void tail_step(const tail_case *tc, bool fused, tail_run *r)
     ag_tensor *out;
     if (fused) {
         ck_assert(qat_bn_tail_applies(ctx, conv, bn));
-        out = qat_bn_tail(ctx, conv, b, bn, tc->relu);
+        float range[2];
+        out = qat_bn_tail(ctx, conv, b, bn, tc->relu, range);
+        float lo, hi;
+        qat_aminmax(out->data, out->numel, &lo, &hi);
+        ck_assert_float_eq(range[0], lo); /* the range the tail hands to a fake quant */
+        ck_assert_float_eq(range[1], hi);
     } else {
         ag_tensor *sf = ag_div(ctx, bn->weight, qat_running_std(ctx, bn));
         out = ag_div(ctx, conv, ag_channels(ctx, sf));

@@ -563,6 +563,65 @@ START_TEST(fake_quant_large_tensor_matches_element_by_element)
 }
 END_TEST
 
+/* The kernel of ATen's fake_quantize_tensor_cachemask, one value at a time, with
+ * x86's float -> int64 conversion (NaN and out-of-range values become INT64_MIN). */
+static float ref_fq(float x, float scale, int32_t zp, int32_t qmin, int32_t qmax, float *mask)
+{
+    const float qf = (float)zp + nearbyintf(x * (1.0f / scale));
+    const int64_t q = qf >= -0x1p63f && qf < 0x1p63f ? (int64_t)qf : INT64_MIN;
+    *mask = (float)(qmin <= q && q <= qmax);
+    const int64_t c = q < qmin ? qmin : q > qmax ? qmax : q;
+    return (float)(c - zp) * scale;
+}
+
+START_TEST(fake_quant_and_aminmax_match_one_value_at_a_time_at_every_length)
+{
+    /* Every length up to 40 (vector bodies and every remainder) with specials at every
+     * position: the vector kernels must give the scalar formula's bits, including for
+     * the values past the last full vector. */
+    static const float special[] = {NAN, INFINITY, -INFINITY, 0.0f, -0.0f, 3e19f, -3e19f,
+                                    1e30f, 6e16f, 0.125f, 0.375f, -0.125f, 1.275f};
+    ag_ctx *ctx = ag_ctx_new();
+    for (int64_t n = 1; n <= 40; n++) {
+        for (int64_t at = 0; at < n; at += 3) {
+            ag_tensor *x = tu_rand(1, AG_SHAPE(n), -2.0f, 2.0f, (uint64_t)(n * 41 + at), true);
+            x->data[at] = special[(n + at) % (sizeof special / sizeof *special)];
+            ag_tensor *y = qat_fake_quantize_per_tensor(ctx, x, 0.01f, 3, -128, 127);
+            ck_assert_ptr_nonnull(y);
+            ag_tensor *seed = tu_rand(1, AG_SHAPE(n), -1.0f, 1.0f, 99, false);
+            const float *dy = seed->data;
+            ck_assert_int_eq(ag_backward_seeded(ctx, y, dy), AG_OK);
+            float lo = INFINITY, hi = -INFINITY, got_lo, got_hi;
+            bool nan = false;
+            for (int64_t i = 0; i < n; i++) {
+                float mask, want = ref_fq(x->data[i], 0.01f, 3, -128, 127, &mask);
+                ck_assert_msg(memcmp(&y->data[i], &want, sizeof want) == 0,
+                              "n %d, x[%d] = %g: y %g, want %g", (int)n, (int)i,
+                              (double)x->data[i], (double)y->data[i], (double)want);
+                float want_dx = 0.0f + dy[i] * mask; /* added into a zeroed gradient */
+                ck_assert_msg(memcmp(&x->grad[i], &want_dx, sizeof want_dx) == 0,
+                              "n %d, x[%d] = %g: dx %g, want %g", (int)n, (int)i,
+                              (double)x->data[i], (double)x->grad[i], (double)want_dx);
+                nan |= isnan(x->data[i]);
+                lo = x->data[i] < lo ? x->data[i] : lo;
+                hi = x->data[i] > hi ? x->data[i] : hi;
+            }
+            qat_aminmax(x->data, n, &got_lo, &got_hi);
+            if (nan) {
+                ck_assert(isnan(got_lo) && isnan(got_hi));
+            } else {
+                ck_assert_float_eq(got_lo, lo);
+                ck_assert_float_eq(got_hi, hi);
+            }
+            ag_tensor_free(seed);
+            ag_tensor_free(x);
+            ag_ctx_reset(ctx);
+        }
+    }
+    ag_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(fake_quant_ops_refuse_bad_arguments)
 {
     ag_ctx *ctx = ag_ctx_new();
@@ -1057,6 +1116,7 @@ Suite *make_suite(void)
     tcase_add_test(unit, fake_quant_grad_is_zero_only_when_rounding_leaves_the_range);
     tcase_add_test(unit, fake_quant_rounds_half_to_even_like_nearbyintf);
     tcase_add_test(unit, fake_quant_large_tensor_matches_element_by_element);
+    tcase_add_test(unit, fake_quant_and_aminmax_match_one_value_at_a_time_at_every_length);
     tcase_add_test(unit, fake_quant_ops_refuse_bad_arguments);
     tcase_add_test(unit, fused_fake_quant_without_observations_refuses_to_quantize);
     tcase_add_test(unit, fake_quant_constructors_refuse_what_pytorch_refuses);

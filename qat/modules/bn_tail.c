@@ -6,7 +6,9 @@
  * (per element: one divide, one add, one multiply-add with the channel's alpha, beta),
  * the same statistics (shifted sums, float lanes within a row, double across rows),
  * and the same backward formulas; only the passes over memory are fewer (the chain
- * made five tensors and walked them eleven times in a training step).
+ * made five tensors and walked them eleven times in a training step). Per channel,
+ * forward reads conv twice (statistics, then out) and backward reads dout and conv
+ * twice (sums, then dz), recomputing z each time; nothing else is kept.
  *
  * Gradients (PyTorch's autograd of the chain, summed per channel):
  *     g      = dout (out > 0)                                        relu
@@ -21,23 +23,22 @@
 #include "autograd/ag_impl.h"
 
 #include <math.h>
-#include <omp.h>
 
 enum { TAIL_PARALLEL_MIN = 32768 }; /* elements below which threads cost more */
 
 /* Node parameters. */
 enum { TP_N, TP_C, TP_INNER, TP_TRAINING, TP_RELU, TP_BIAS };
 
-/* The per-channel values forward keeps for backward, and z itself. */
+/* The per-channel values forward keeps for backward. z itself is not kept: backward
+ * recomputes it from the conv output (which it reads anyway for the gradient of s),
+ * with the forward's float ops, so the values are the same; a divide per value costs
+ * less than writing z and reading it back twice. */
 typedef struct tail_saved {
-    float *z;      // (N, C, H, W): conv / s + bias, BN's input
     float *s;      // (C) gamma / running_std
     float *std;    // (C) running_std
     float *mean;   // (C) the mean BN used
     float *invstd; // (C)
     float *alpha, *beta; // (C) out = z alpha + beta before the relu
-    float *rows;   // (threads, H * W): backward's g / dz row of each thread
-    int threads;
 } tail_saved;
 
 typedef struct tail_dims {
@@ -49,121 +50,202 @@ static int64_t row_off(tail_dims d, int64_t i, int64_t ch)
     return (i * d.c + ch) * d.inner;
 }
 
-/* Eight float lanes within a row (two SSE-wide vectors: wider GCC vectors end up on the
- * stack), eight double lanes across rows, added up once per channel: the statistics of
- * the batch_norm op (float within a row, double across rows) without an eight-step
- * double reduction per row, which cost more than the row's own sums for a 14x14 plane. */
-typedef float tail_f4 __attribute__((vector_size(16)));
-typedef double tail_d4 __attribute__((vector_size(32)));
+/* Eight float lanes within a row, eight double lanes across rows, added up once per
+ * channel: the statistics of the batch_norm op (float within a row, double across rows)
+ * without an eight-step double reduction per row, which cost more than the row's own
+ * sums for a 14x14 plane. Value k of a row goes to lane k % 8, the row's last n % 8
+ * values to lane 0 through a scalar partial sum: the lane sums, and so the results, are
+ * the same whatever instruction set compiles the loops.
+ *
+ * The kernels below are always inlined into two copies of each per-channel function:
+ * one built for AVX2 (picked at run time) and one for any x86-64 (GCC's SSE2 code for
+ * 8-float vectors). The operations are the same IEEE ones in both (no contraction:
+ * -ffp-contract=off), so both give the same bits. */
+typedef float tail_f8 __attribute__((vector_size(32)));
+typedef int32_t tail_i8 __attribute__((vector_size(32)));
+typedef double tail_d8 __attribute__((vector_size(64)));
 enum { TAIL_LANES = 8 };
+#define TAIL_INLINE static inline __attribute__((always_inline))
+/* 8-float vectors passed between always-inlined helpers: no call, so no ABI to warn of */
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 typedef struct lane_sums {
-    tail_d4 a[2], ab[2]; // sum(a - ka), sum((a - ka)(b - kb)), lanes 0-3 and 4-7
+    tail_d8 a, ab; // sum(a - ka), sum((a - ka)(b - kb)) per lane
 } lane_sums;
 
-static tail_f4 load4(const float *p)
+TAIL_INLINE tail_f8 load8(const float *p)
 {
-    tail_f4 v; // unaligned load
+    tail_f8 v; // unaligned load
     memcpy(&v, p, sizeof v);
     return v;
 }
 
-static void sums2(const float *a, const float *b, float ka, float kb, int64_t n,
-                  lane_sums *acc)
+TAIL_INLINE void store8(float *p, tail_f8 v) { memcpy(p, &v, sizeof v); }
+
+/* A row's float lane sums s, p (the scalar rest ts, tp into lane 0) into acc. */
+TAIL_INLINE void lanes_add(lane_sums *acc, tail_f8 s, tail_f8 p, float ts, float tp)
 {
-    tail_f4 s0 = {0}, s1 = {0}, p0 = {0}, p1 = {0};
-    int64_t i = 0;
-    for (; i + TAIL_LANES <= n; i += TAIL_LANES) {
-        tail_f4 u0 = load4(a + i) - ka, u1 = load4(a + i + 4) - ka;
-        s0 += u0;
-        s1 += u1;
-        p0 += u0 * (load4(b + i) - kb);
-        p1 += u1 * (load4(b + i + 4) - kb);
-    }
-    float ts = 0.0f, tp = 0.0f; /* the rest, into lane 0 */
-    for (; i < n; i++) {
-        float u = a[i] - ka;
-        ts += u;
-        tp += u * (b[i] - kb);
-    }
-    s0[0] += ts;
-    p0[0] += tp;
-    acc->a[0] += __builtin_convertvector(s0, tail_d4);
-    acc->a[1] += __builtin_convertvector(s1, tail_d4);
-    acc->ab[0] += __builtin_convertvector(p0, tail_d4);
-    acc->ab[1] += __builtin_convertvector(p1, tail_d4);
+    s[0] += ts;
+    p[0] += tp;
+    acc->a += __builtin_convertvector(s, tail_d8);
+    acc->ab += __builtin_convertvector(p, tail_d8);
 }
 
-static double lanes_total(const tail_d4 v[2])
+TAIL_INLINE double lanes_total(tail_d8 v)
 {
     double t = 0.0;
-    for (int l = 0; l < 4; l++)
-        t += v[0][l];
-    for (int l = 0; l < 4; l++)
-        t += v[1][l];
+    for (int l = 0; l < TAIL_LANES; l++)
+        t += v[l];
     return t;
+}
+
+/* relu's mask on a gradient: 0 where z alpha + beta <= 0 (threshold_backward on the
+ * recomputed output), else d. */
+TAIL_INLINE tail_f8 relu_mask8(tail_f8 d, tail_f8 z, float alpha, float beta)
+{
+    tail_i8 off = z * alpha + beta <= 0.0f;
+    return (tail_f8)((tail_i8)d & ~off);
+}
+
+TAIL_INLINE float relu_mask1(float d, float z, float alpha, float beta)
+{
+    return z * alpha + beta <= 0.0f ? 0.0f : d;
 }
 
 /* ---- forward ------------------------------------------------------------------------ */
 
-/* z of channel ch (all rows) and its batch mean and biased variance. */
-static void channel_z(const float *conv, float *z, tail_dims d, int64_t ch, float s,
-                      const float *bias, double *mean, double *var)
+/* z = conv / s (+ b): conv_fused.py's conv / scale_factor, then + bias */
+typedef struct tail_z {
+    float s, b;
+    bool bias;
+} tail_z;
+
+TAIL_INLINE tail_f8 z8(const float *conv, const tail_z *c)
 {
-    for (int64_t i = 0; i < d.n; i++) {
-        const float *src = conv + row_off(d, i, ch);
-        float *dst = z + row_off(d, i, ch);
-        if (bias) {
-            const float b = bias[ch];
-            for (int64_t k = 0; k < d.inner; k++)
-                dst[k] = src[k] / s + b;
-        } else {
-            for (int64_t k = 0; k < d.inner; k++)
-                dst[k] = src[k] / s;
-        }
+    tail_f8 z = load8(conv) / c->s;
+    return c->bias ? z + c->b : z;
+}
+
+TAIL_INLINE float z1(float conv, const tail_z *c)
+{
+    return c->bias ? conv / c->s + c->b : conv / c->s;
+}
+
+/* The sums of one row of z around shift into acc. */
+TAIL_INLINE void row_z_sums(const float *conv, int64_t n, const tail_z *c, float shift,
+                            lane_sums *acc)
+{
+    tail_f8 su = {0}, pu = {0};
+    int64_t k = 0;
+    for (; k + TAIL_LANES <= n; k += TAIL_LANES) {
+        tail_f8 u = z8(conv + k, c) - shift;
+        su += u;
+        pu += u * u;
     }
-    const float shift = z[row_off(d, 0, ch)]; // sums of z - shift: the spread's size
-    lane_sums acc = {{{0}}, {{0}}};
-    for (int64_t i = 0; i < d.n; i++) {
-        const float *row = z + row_off(d, i, ch);
-        sums2(row, row, shift, shift, d.inner, &acc);
+    float ts = 0.0f, tp = 0.0f;
+    for (; k < n; k++) {
+        float u = z1(conv[k], c) - shift;
+        ts += u;
+        tp += u * u;
     }
+    lanes_add(acc, su, pu, ts, tp);
+}
+
+/* The batch mean and biased variance of channel ch's z. */
+TAIL_INLINE void channel_z_stats(const float *conv, tail_dims d, int64_t ch, const tail_z *c,
+                                 double *mean, double *var)
+{
+    // sums of z - shift (shift = the first z: the spread's size)
+    const float shift = z1(conv[row_off(d, 0, ch)], c);
+    lane_sums acc = {{0}, {0}};
+    for (int64_t i = 0; i < d.n; i++)
+        row_z_sums(conv + row_off(d, i, ch), d.inner, c, shift, &acc);
     const double sum = lanes_total(acc.a), sum2 = lanes_total(acc.ab);
     const double m = (double)(d.n * d.inner);
     *mean = shift + sum / m;
     *var = fmax((sum2 - sum * sum / m) / m, 0.0);
 }
 
-static void channel_out(const float *z, float *out, tail_dims d, int64_t ch, float alpha,
-                        float beta, bool relu)
+/* The forward's arguments, shared by every channel. */
+typedef struct tail_fwd {
+    const float *conv; // (N, C, H, W)
+    float *out;        // (N, C, H, W)
+    tail_saved *sv;
+    nn_batch_norm *bn;
+    const float *bias; // (C) or NULL
+    tail_dims d;
+    bool training, relu;
+    float *range; // (3, C): min, max and NaN seen (0 / 1) of each channel's out, or NULL
+} tail_fwd;
+
+/* Lane-wise select (C has no ?: on vectors). */
+TAIL_INLINE tail_f8 select8(tail_i8 m, tail_f8 a, tail_f8 b)
 {
-    for (int64_t i = 0; i < d.n; i++) {
-        const float *src = z + row_off(d, i, ch);
-        float *dst = out + row_off(d, i, ch);
-        for (int64_t k = 0; k < d.inner; k++) {
-            float v = src[k] * alpha + beta;
-            dst[k] = relu && v < 0.0f ? 0.0f : v; /* clamp_min: NaN stays NaN */
-        }
-    }
+    return (tail_f8)(((tail_i8)a & m) | ((tail_i8)b & ~m));
 }
 
-/* One channel: z, the statistics (running ones updated in training), out. */
-static void tail_channel(const float *conv, tail_saved *sv, float *out, nn_batch_norm *bn,
-                         const float *bias, tail_dims d, int64_t ch, bool training, bool relu)
+/* out = relu(z alpha + beta) of channel ch; with f->range, its min, max and NaN flag. */
+TAIL_INLINE void channel_out(const tail_fwd *f, int64_t ch, const tail_z *c, float alpha,
+                             float beta)
 {
-    const double momentum = bn->momentum, m = (double)(d.n * d.inner);
+    tail_f8 lo = {0}, hi = {0};
+    lo += INFINITY;
+    hi -= INFINITY;
+    tail_i8 nan = {0};
+    float slo = INFINITY, shi = -INFINITY;
+    bool snan = false;
+    const int64_t inner = f->d.inner; /* locals: the stores to out may not alias them */
+    const bool relu = f->relu;
+    for (int64_t i = 0; i < f->d.n; i++) {
+        const float *src = f->conv + row_off(f->d, i, ch);
+        float *dst = f->out + row_off(f->d, i, ch);
+        int64_t k = 0;
+        for (; k + TAIL_LANES <= inner; k += TAIL_LANES) {
+            tail_f8 v = z8(src + k, c) * alpha + beta;
+            if (relu) /* clamp_min: NaN stays NaN */
+                v = (tail_f8)((tail_i8)v & ~(v < 0.0f));
+            store8(dst + k, v);
+            lo = select8(v < lo, v, lo);
+            hi = select8(v > hi, v, hi);
+            nan |= v != v;
+        }
+        for (; k < inner; k++) {
+            float v = z1(src[k], c) * alpha + beta;
+            v = relu && v < 0.0f ? 0.0f : v;
+            dst[k] = v;
+            slo = v < slo ? v : slo;
+            shi = v > shi ? v : shi;
+            snan |= v != v;
+        }
+    }
+    if (!f->range)
+        return;
+    for (int l = 0; l < TAIL_LANES; l++) {
+        slo = lo[l] < slo ? lo[l] : slo;
+        shi = hi[l] > shi ? hi[l] : shi;
+        snan |= nan[l] != 0;
+    }
+    f->range[ch] = slo;
+    f->range[f->d.c + ch] = shi;
+    f->range[2 * f->d.c + ch] = snan;
+}
+
+/* One channel: the statistics (running ones updated in training), out. */
+TAIL_INLINE void tail_channel_body(const tail_fwd *f, int64_t ch)
+{
+    nn_batch_norm *bn = f->bn;
+    tail_saved *sv = f->sv;
+    const double momentum = bn->momentum, m = (double)(f->d.n * f->d.inner);
     float *rm = bn->running_mean->data, *rv = bn->running_var->data;
     double mu = rm[ch], var = rv[ch];
     sv->std[ch] = sqrtf(rv[ch] + bn->eps); // torch.sqrt(running_var + eps), before the update
     sv->s[ch] = bn->weight->data[ch] / sv->std[ch];
-    if (training) {
-        channel_z(conv, sv->z, d, ch, sv->s[ch], bias, &mu, &var);
+    const tail_z c = {sv->s[ch], f->bias ? f->bias[ch] : 0.0f, f->bias != NULL};
+    if (f->training) {
+        channel_z_stats(f->conv, f->d, ch, &c, &mu, &var);
         const double unbiased = var * m / (m - 1.0);
         rm[ch] = (float)(momentum * mu + (1.0 - momentum) * rm[ch]);
         rv[ch] = (float)(momentum * unbiased + (1.0 - momentum) * rv[ch]);
-    } else {
-        double unused_mean, unused_var;
-        channel_z(conv, sv->z, d, ch, sv->s[ch], bias, &unused_mean, &unused_var);
     }
     const double is = 1.0 / sqrt(var + (double)bn->eps);
     const double w = bn->weight->data[ch], b = bn->bias->data[ch];
@@ -171,7 +253,28 @@ static void tail_channel(const float *conv, tail_saved *sv, float *out, nn_batch
     sv->invstd[ch] = (float)is;
     sv->alpha[ch] = (float)(is * w);
     sv->beta[ch] = (float)(b - mu * is * w);
-    channel_out(sv->z, out, d, ch, sv->alpha[ch], sv->beta[ch], relu);
+    channel_out(f, ch, &c, sv->alpha[ch], sv->beta[ch]);
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define TAIL_X86 1
+__attribute__((target("avx2"))) static void tail_channel_avx2(const tail_fwd *f, int64_t ch)
+{
+    tail_channel_body(f, ch);
+}
+#else
+#define TAIL_X86 0
+#endif
+
+static void tail_channel(const tail_fwd *f, int64_t ch)
+{
+#if TAIL_X86
+    if (__builtin_cpu_supports("avx2")) {
+        tail_channel_avx2(f, ch);
+        return;
+    }
+#endif
+    tail_channel_body(f, ch);
 }
 
 static void tail_backward(ag_ctx *ctx, ag_node *n);
@@ -192,33 +295,49 @@ bool qat_bn_tail_applies(ag_ctx *ctx, const ag_tensor *conv, const nn_batch_norm
 
 static tail_saved *tail_saved_new(ag_ctx *ctx, tail_dims d)
 {
-    const int threads = omp_get_max_threads();
     tail_saved *sv = ag_ctx_alloc(ctx, sizeof *sv);
     float *chan = ag_ctx_alloc(ctx, (size_t)(6 * d.c) * sizeof(float)); // (6, C)
-    float *z = ag_ctx_alloc(ctx, (size_t)(d.n * d.c * d.inner) * sizeof(float));
-    float *rows = ag_ctx_alloc(ctx, (size_t)(threads * d.inner) * sizeof(float));
-    if (!sv || !chan || !z || !rows)
+    if (!sv || !chan)
         return NULL;
-    *sv = (tail_saved){z,           chan,          chan + d.c, chan + 2 * d.c, chan + 3 * d.c,
-                       chan + 4 * d.c, chan + 5 * d.c, rows,      threads};
+    *sv = (tail_saved){chan,           chan + d.c,     chan + 2 * d.c,
+                       chan + 3 * d.c, chan + 4 * d.c, chan + 5 * d.c};
     return sv;
 }
 
+/* The per-channel ranges of out (3, C) into range[0..1]: min and max over the
+ * channels, NaN for both if a NaN was seen (what qat_aminmax would say, up to the sign
+ * of a zero: min and max are exact in any order). */
+static void tail_range_total(const float *cr, int64_t c, float range[2])
+{
+    float lo = INFINITY, hi = -INFINITY;
+    bool nan = false;
+    for (int64_t ch = 0; ch < c; ch++) {
+        lo = cr[ch] < lo ? cr[ch] : lo;
+        hi = cr[c + ch] > hi ? cr[c + ch] : hi;
+        nan |= cr[2 * c + ch] != 0.0f;
+    }
+    range[0] = nan ? NAN : lo;
+    range[1] = nan ? NAN : hi;
+}
+
 ag_tensor *qat_bn_tail(ag_ctx *ctx, ag_tensor *conv, ag_tensor *bias, nn_batch_norm *bn,
-                       bool relu)
+                       bool relu, float range[2])
 {
     const tail_dims d = {conv->shape[0], conv->shape[1], conv->shape[2] * conv->shape[3]};
-    const bool training = bn->base.training;
     ag_tensor *out = ag_op_output(ctx, conv->ndim, conv->shape);
     tail_saved *sv = tail_saved_new(ctx, d);
-    if (!out || !sv)
+    float *cr = range ? ag_ctx_alloc(ctx, (size_t)(3 * d.c) * sizeof(float)) : NULL; // (3, C)
+    if (!out || !sv || (range && !cr))
         return NULL;
-    const float *b = bias ? bias->data : NULL;
+    const tail_fwd f = {conv->data, out->data, sv,  bn,  bias ? bias->data : NULL,
+                        d,          bn->base.training, relu, cr};
 #pragma omp parallel for schedule(static) if (conv->numel > TAIL_PARALLEL_MIN)
     for (int64_t ch = 0; ch < d.c; ch++)
-        tail_channel(conv->data, sv, out->data, bn, b, d, ch, training, relu);
-    if (training)
+        tail_channel(&f, ch);
+    if (f.training)
         *(int64_t *)(void *)bn->num_batches_tracked->data += 1;
+    if (range)
+        tail_range_total(cr, d.c, range);
 
     ag_tensor *src[4] = {conv, bn->weight, bn->bias, bias};
     ag_node *n = ag_op_record(ctx, AG_OP_CUSTOM, out, src, bias ? 4 : 3);
@@ -228,7 +347,7 @@ ag_tensor *qat_bn_tail(ag_ctx *ctx, ag_tensor *conv, ag_tensor *bias, nn_batch_n
         n->ip[TP_N] = d.n;
         n->ip[TP_C] = d.c;
         n->ip[TP_INNER] = d.inner;
-        n->ip[TP_TRAINING] = training;
+        n->ip[TP_TRAINING] = f.training;
         n->ip[TP_RELU] = relu;
         n->ip[TP_BIAS] = bias != NULL;
     }
@@ -237,88 +356,133 @@ ag_tensor *qat_bn_tail(ag_ctx *ctx, ag_tensor *conv, ag_tensor *bias, nn_batch_n
 
 /* ---- backward ----------------------------------------------------------------------- */
 
-/* The incoming gradient of one row, through the relu's mask (threshold_backward: zero
- * where out <= 0) into g. out is recomputed from z, the same float ops as forward, so
- * that backward reads one tensor less. */
-static const float *row_grad(const float *dout, const float *z, float alpha, float beta,
-                             float *g, int64_t len, bool relu)
-{
-    if (!relu)
-        return dout;
-    for (int64_t k = 0; k < len; k++) {
-        float v = dout[k]; /* loaded unconditionally so the select vectorises */
-        g[k] = z[k] * alpha + beta <= 0.0f ? 0.0f : v;
-    }
-    return g;
-}
+/* The incoming gradient goes through the relu's mask (threshold_backward: zero where
+ * out <= 0) as g; out is recomputed from z, the same float ops as forward, so that
+ * backward reads one tensor less. Two passes per channel, each one loop over the rows:
+ * the sums, then dz with dconv and the sums for bias and s. */
 
 typedef struct tail_grads {
     float *dconv, *dgamma, *dbeta, *dbias;
+    bool dconv_fresh; /* dconv is written (=), not added to */
 } tail_grads;
 
-/* sum(g) and sum(g (z - mean)) of channel ch; g through the relu mask. */
-static void channel_sums(const ag_node *n, tail_dims d, int64_t ch, float *g, double *sum_g,
-                         double *dotp)
+typedef struct tail_row {
+    const float *dout, *conv;
+    tail_z z; /* z from conv */
+    float alpha, beta;
+    bool relu;
+} tail_row;
+
+/* sum(g) and sum(g (z - mean)) of one row into acc. */
+TAIL_INLINE void row_sums(const tail_row *r, int64_t n, float mean, lane_sums *acc)
 {
-    const tail_saved *sv = n->saved;
-    const bool relu = n->ip[TP_RELU] != 0;
-    lane_sums acc = {{{0}}, {{0}}};
-    for (int64_t i = 0; i < d.n; i++) {
-        const int64_t off = row_off(d, i, ch);
-        const float *gr = row_grad(n->out->grad + off, sv->z + off, sv->alpha[ch],
-                                   sv->beta[ch], g, d.inner, relu);
-        sums2(gr, sv->z + off, 0.0f, sv->mean[ch], d.inner, &acc);
+    tail_f8 s = {0}, p = {0};
+    int64_t k = 0;
+    for (; k + TAIL_LANES <= n; k += TAIL_LANES) {
+        tail_f8 z = z8(r->conv + k, &r->z), g = load8(r->dout + k);
+        if (r->relu)
+            g = relu_mask8(g, z, r->alpha, r->beta);
+        g = g - 0.0f; // the sums' shift of 0 (it turns -0 into -0: no change)
+        s += g;
+        p += g * (z - mean);
     }
-    *sum_g = lanes_total(acc.a);
-    *dotp = lanes_total(acc.ab);
+    float ts = 0.0f, tp = 0.0f;
+    for (; k < n; k++) {
+        float g = r->dout[k], z = z1(r->conv[k], &r->z);
+        if (r->relu)
+            g = relu_mask1(g, z, r->alpha, r->beta);
+        g = g - 0.0f;
+        ts += g;
+        tp += g * (z - mean);
+    }
+    lanes_add(acc, s, p, ts, tp);
 }
 
-/* dconv += dz / s over channel ch; returns sum(dz) and sum(dz conv) for bias and s. */
-static void channel_dconv(const ag_node *n, tail_dims d, int64_t ch, float *g, float k,
-                          float grad_mean, float scale, float *dconv, double *sum_dz,
-                          double *sum_dz_conv)
+/* The per-channel constants of dz = (g - grad_mean - (z - mean) k) scale (training) or
+ * g scale (eval), and of dconv = dz / s (as dz * (1 / s): within an ulp). */
+typedef struct tail_dz {
+    float mean, k, grad_mean, scale, inv_s;
+    bool training;
+} tail_dz;
+
+TAIL_INLINE float dz1(float g, float z, const tail_dz *c)
 {
-    const tail_saved *sv = n->saved;
-    const bool relu = n->ip[TP_RELU] != 0, training = n->ip[TP_TRAINING] != 0;
-    const float mu = sv->mean[ch], inv_s = 1.0f / sv->s[ch]; /* within an ulp of dz / s */
-    const float *conv = n->src[0]->data;
-    lane_sums acc = {{{0}}, {{0}}};
-    for (int64_t i = 0; i < d.n; i++) {
-        const int64_t off = row_off(d, i, ch);
-        const float *gr = row_grad(n->out->grad + off, sv->z + off, sv->alpha[ch],
-                                   sv->beta[ch], g, d.inner, relu);
-        const float *zr = sv->z + off, *cr = conv + off;
-        float *dz = g; /* g's row is read before dz overwrites it, element by element */
-        if (training)
-            for (int64_t j = 0; j < d.inner; j++)
-                dz[j] = (gr[j] - grad_mean - (zr[j] - mu) * k) * scale;
-        else
-            for (int64_t j = 0; j < d.inner; j++)
-                dz[j] = gr[j] * scale;
+    return c->training ? (g - c->grad_mean - (z - c->mean) * c->k) * c->scale : g * c->scale;
+}
+
+/* dz of one row: dconv (+)= dz / s; sum(dz) and sum(dz conv) into acc. */
+TAIL_INLINE void row_dconv(const tail_row *r, int64_t n, const tail_dz *c, float *dconv,
+                           bool fresh, lane_sums *acc)
+{
+    tail_f8 s = {0}, p = {0};
+    int64_t k = 0;
+    for (; k + TAIL_LANES <= n; k += TAIL_LANES) {
+        const tail_f8 conv = load8(r->conv + k);
+        tail_f8 z = r->z.bias ? conv / r->z.s + r->z.b : conv / r->z.s, g = load8(r->dout + k);
+        if (r->relu)
+            g = relu_mask8(g, z, r->alpha, r->beta);
+        tail_f8 dz = c->training ? (g - c->grad_mean - (z - c->mean) * c->k) * c->scale
+                                 : g * c->scale;
+        if (dconv && fresh)
+            store8(dconv + k, dz * c->inv_s);
+        else if (dconv)
+            store8(dconv + k, load8(dconv + k) + dz * c->inv_s);
+        dz = dz - 0.0f;
+        s += dz;
+        p += dz * (conv - 0.0f);
+    }
+    float ts = 0.0f, tp = 0.0f;
+    for (; k < n; k++) {
+        float g = r->dout[k], z = z1(r->conv[k], &r->z);
+        if (r->relu)
+            g = relu_mask1(g, z, r->alpha, r->beta);
+        float dz = dz1(g, z, c);
         if (dconv)
-            for (int64_t j = 0; j < d.inner; j++)
-                dconv[off + j] += dz[j] * inv_s;
-        sums2(dz, cr, 0.0f, 0.0f, d.inner, &acc);
+            dconv[k] = fresh ? dz * c->inv_s : dconv[k] + dz * c->inv_s;
+        dz = dz - 0.0f;
+        ts += dz;
+        tp += dz * (r->conv[k] - 0.0f);
     }
-    *sum_dz = lanes_total(acc.a);
-    *sum_dz_conv = lanes_total(acc.ab);
+    lanes_add(acc, s, p, ts, tp);
 }
 
-static void tail_channel_backward(const ag_node *n, tail_dims d, int64_t ch, float *g,
-                                  const tail_grads *gr)
+TAIL_INLINE tail_row tail_row_of(const ag_node *n, int64_t off, int64_t ch)
+{
+    const tail_saved *sv = n->saved;
+    const bool bias = n->ip[TP_BIAS] != 0;
+    const tail_z z = {sv->s[ch], bias ? n->src[3]->data[ch] : 0.0f, bias};
+    return (tail_row){n->out->grad + off, n->src[0]->data + off, z, sv->alpha[ch],
+                      sv->beta[ch], n->ip[TP_RELU] != 0};
+}
+
+TAIL_INLINE void tail_channel_backward_body(const ag_node *n, tail_dims d, int64_t ch,
+                                            const tail_grads *gr)
 {
     const tail_saved *sv = n->saved;
     const bool training = n->ip[TP_TRAINING] != 0;
     const double m = (double)(d.n * d.inner), is = sv->invstd[ch];
-    double sum_g, dotp;
-    channel_sums(n, d, ch, g, &sum_g, &dotp);
+    lane_sums acc = {{0}, {0}};
+    for (int64_t i = 0; i < d.n; i++) {
+        const tail_row r = tail_row_of(n, row_off(d, i, ch), ch);
+        row_sums(&r, d.inner, sv->mean[ch], &acc);
+    }
+    const double sum_g = lanes_total(acc.a), dotp = lanes_total(acc.ab);
     if (gr->dbeta)
         gr->dbeta[ch] += (float)sum_g;
     const double w = n->src[1]->data[ch];
-    const float k = (float)(dotp * is * is / m), grad_mean = (float)(sum_g / m);
-    double sum_dz = 0.0, sum_dz_conv = 0.0;
-    channel_dconv(n, d, ch, g, training ? k : 0.0f, training ? grad_mean : 0.0f,
-                  (float)(is * w), gr->dconv, &sum_dz, &sum_dz_conv);
+    const tail_dz c = {sv->mean[ch],
+                       training ? (float)(dotp * is * is / m) : 0.0f,
+                       training ? (float)(sum_g / m) : 0.0f,
+                       (float)(is * w),
+                       1.0f / sv->s[ch],
+                       training};
+    lane_sums dacc = {{0}, {0}};
+    for (int64_t i = 0; i < d.n; i++) {
+        const int64_t off = row_off(d, i, ch);
+        const tail_row r = tail_row_of(n, off, ch);
+        row_dconv(&r, d.inner, &c, gr->dconv ? gr->dconv + off : NULL, gr->dconv_fresh, &dacc);
+    }
+    const double sum_dz = lanes_total(dacc.a), sum_dz_conv = lanes_total(dacc.ab);
     if (gr->dbias)
         gr->dbias[ch] += (float)sum_dz;
     if (gr->dgamma) {
@@ -328,19 +492,34 @@ static void tail_channel_backward(const ag_node *n, tail_dims d, int64_t ch, flo
     }
 }
 
+#if TAIL_X86
+__attribute__((target("avx2"))) static void
+tail_channel_backward_avx2(const ag_node *n, tail_dims d, int64_t ch, const tail_grads *gr)
+{
+    tail_channel_backward_body(n, d, ch, gr);
+}
+#endif
+
+static void tail_channel_backward(const ag_node *n, tail_dims d, int64_t ch,
+                                  const tail_grads *gr)
+{
+#if TAIL_X86
+    if (__builtin_cpu_supports("avx2")) {
+        tail_channel_backward_avx2(n, d, ch, gr);
+        return;
+    }
+#endif
+    tail_channel_backward_body(n, d, ch, gr);
+}
+
 static void tail_backward(ag_ctx *ctx, ag_node *n)
 {
     const tail_dims d = {n->ip[TP_N], n->ip[TP_C], n->ip[TP_INNER]};
-    const tail_grads gr = {ag_grad(ctx, n->src[0]), ag_grad(ctx, n->src[1]),
-                           ag_grad(ctx, n->src[2]),
-                           n->ip[TP_BIAS] ? ag_grad(ctx, n->src[3]) : NULL};
-    const tail_saved *sv = n->saved;
+    tail_grads gr = {NULL, ag_grad(ctx, n->src[1]), ag_grad(ctx, n->src[2]),
+                     n->ip[TP_BIAS] ? ag_grad(ctx, n->src[3]) : NULL, false};
+    gr.dconv = ag_grad_write(ctx, n->src[0], &gr.dconv_fresh);
     const int64_t numel = d.n * d.c * d.inner;
-#pragma omp parallel num_threads(sv->threads) if (numel > TAIL_PARALLEL_MIN)
-    {
-        float *g = sv->rows + omp_get_thread_num() * d.inner; // (H * W)
-#pragma omp for schedule(static)
-        for (int64_t ch = 0; ch < d.c; ch++)
-            tail_channel_backward(n, d, ch, g, &gr);
-    }
+#pragma omp parallel for schedule(static) if (numel > TAIL_PARALLEL_MIN)
+    for (int64_t ch = 0; ch < d.c; ch++)
+        tail_channel_backward(n, d, ch, &gr);
 }

@@ -28,6 +28,21 @@ ag_tensor *qat_running_std(ag_ctx *ctx, const nn_batch_norm *bn)
     return std;
 }
 
+/* The fused tail; when the output hook is a fake quant that observes a per-tensor
+ * range, the tail takes the output's min and max as it writes it and hands them over,
+ * which spares the hook its own pass over the output. */
+static ag_tensor *conv_bn_tail(nn_module *m, ag_ctx *ctx, ag_tensor *conv, nn_batch_norm *bn,
+                               bool relu)
+{
+    const bool hand_over = qat_fake_quant_takes_range(m->post);
+    float range[2];
+    ag_tensor *out = qat_bn_tail(ctx, conv, ((qat_conv_bn2d *)m)->conv.bias, bn, relu,
+                                 hand_over ? range : NULL);
+    if (out && hand_over && !isnan(range[0]))
+        qat_fake_quant_give_range(m->post, out, range[0], range[1]);
+    return out;
+}
+
 static ag_tensor *conv_bn_run(nn_module *m, ag_ctx *ctx, ag_tensor *x, bool relu)
 {
     nn_conv2d *c = &((qat_conv_bn2d *)m)->conv;
@@ -41,7 +56,7 @@ static ag_tensor *conv_bn_run(nn_module *m, ag_ctx *ctx, ag_tensor *x, bool relu
     ag_tensor *w = ag_mul(ctx, c->weight, ag_reshape(ctx, s, 4, AG_SHAPE(oc, 1, 1, 1)));
     ag_tensor *y = ag_conv2d(ctx, x, qat_weight_post(m, ctx, w), NULL, &c->args);
     if (y && qat_bn_tail_applies(ctx, y, bn))
-        return qat_bn_tail(ctx, y, c->bias, bn, relu); // the chain below, fused
+        return conv_bn_tail(m, ctx, y, bn, relu); // the chain below, fused
     y = ag_div(ctx, y, ag_channels(ctx, s)); // (N, C, H, W)
     if (c->bias)
         y = ag_add(ctx, y, ag_channels(ctx, c->bias));

@@ -181,9 +181,11 @@ ag_tensor *qat_running_std(ag_ctx *ctx, const nn_batch_norm *bn);
 /* bn_tail.c: bn(conv / (bn.weight / running_std) + bias), relu'd if asked, as one op
  * (the approximate ConvBn forward after its conv). qat_bn_tail_applies says whether it
  * may replace the op chain: 4-D input, an affine BN with running stats and no hook, a
- * gradient being recorded. */
+ * gradient being recorded. With range non-NULL, range[0..1] receive the output's min
+ * and max (both NaN if it holds a NaN), taken while writing it: what qat_aminmax of the
+ * output gives, up to the sign of a zero. */
 bool qat_bn_tail_applies(ag_ctx *ctx, const ag_tensor *conv, const nn_batch_norm *bn);
 ag_tensor *qat_bn_tail(ag_ctx *ctx, ag_tensor *conv, ag_tensor *bias, nn_batch_norm *bn,
-                       bool relu);
+                       bool relu, float range[2]);
 
 #endif
