@@ -29,6 +29,8 @@ except ImportError as e:  # meson reads exit status 77 as "skipped"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE = os.path.join(HERE, "..", "tools", "q8_reference.py")
+sys.path.insert(0, os.path.join(HERE, "cli"))
+import cqat_cmd  # noqa: E402  (how the C program is started: directly or under valgrind)
 
 
 def make_input(path, seed, batch, kind):
@@ -87,6 +89,12 @@ def compare(c_vals, py_vals, label, tolerant):
     return bad
 
 
+def run_q8(q8_run, *args, env=None):
+    """q8_run, directly or under valgrind (meson test --setup valgrindcli)."""
+    subprocess.run(cqat_cmd.command(q8_run, *args), check=True, env=env)
+    cqat_cmd.check(args)
+
+
 def main(argv):
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
@@ -98,7 +106,7 @@ def main(argv):
     for seed, kind in enumerate(("u8", "i8", "dynamic", "float")):
         model = os.path.join(tmp, f"demo_{kind}.h5")
         inp = os.path.join(tmp, f"input_{kind}.h5")
-        subprocess.run([q8_run, "--make-demo", model, kind], check=True)
+        run_q8(q8_run, "--make-demo", model, kind)
         make_input(inp, 7 + seed, 3, kind)
         py_out = os.path.join(tmp, f"numpy_{kind}.h5")
         subprocess.run([sys.executable, REFERENCE, model, inp, py_out], check=True)
@@ -107,7 +115,7 @@ def main(argv):
         for kernel in ("reference", "avx2"):
             c_out = os.path.join(tmp, f"c_{kind}_{kernel}.h5")
             env = dict(os.environ, CQAT_Q8_GEMM=kernel)
-            subprocess.run([q8_run, model, inp, c_out], check=True, env=env)
+            run_q8(q8_run, model, inp, c_out, env=env)
             bad = compare(read_values(c_out), py_vals, f"{kind}/{kernel}", tolerant)
             agree = "within 1e-5" if tolerant else "identical"
             print(f"{kind} demo, {kernel} GEMM: {len(py_vals)} values, "

@@ -5,11 +5,30 @@
 
 #include <check.h>
 #include <math.h>
+#include <stdlib.h>
 
 #include "autograd/ag.h"
 #include "autograd/ag_gradcheck.h"
 
 Suite *make_suite(void);
+
+/* How many of the test set's images the whole-test-set comparisons use: all of them,
+ * or the first CQAT_TEST_IMAGES. CI's valgrind run sets 500: memory checking needs the
+ * code paths, not the statistics, and valgrind runs 30-50x slower. Thresholds given for
+ * the whole set scale with tu_scaled(). */
+static inline int64_t tu_test_images(int64_t n_all)
+{
+    const char *e = getenv("CQAT_TEST_IMAGES");
+    long long n = e ? atoll(e) : 0;
+    return n > 0 && n < n_all ? (int64_t)n : n_all;
+}
+
+/* A count allowed out of 10000 (mismatches, say), for n images: at least 1. */
+static inline int64_t tu_scaled(int64_t per_10000, int64_t n)
+{
+    int64_t k = (per_10000 * n + 9999) / 10000;
+    return k > 1 ? k : 1;
+}
 
 /* Heap tensor filled with uniform values in [lo, hi) from a fixed seed. */
 static inline ag_tensor *tu_rand(int32_t ndim, const int64_t *shape, float lo, float hi,
