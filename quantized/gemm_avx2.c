@@ -339,6 +339,28 @@ Q8_AVX2 void q8_interleave_quads_avx2(const uint8_t *const r[4], int64_t n, uint
     memcpy(dst + 4 * p, out, (size_t)(4 * (n - p)));
 }
 
+Q8_AVX2 void q8_taps_quads_avx2(const uint8_t *p, int64_t n, int64_t kw, int64_t dw, uint8_t *q)
+{
+    if (kw < 1 || kw > 4 || dw < 1 || 7 + (kw - 1) * dw > 15) {
+        q8_taps_quads_reference(p, n, kw, dw, q);
+        return;
+    }
+    /* 8 positions per step from 16 bytes of the plane (in both lanes): byte 4*pos + j of
+     * lane L is plane byte 4L + pos + j*dw, or zero for j >= kw */
+    int8_t idx[32];
+    for (int b = 0; b < 32; b++) {
+        int lane = b / 16, pos = b % 16 / 4, j = b % 4;
+        idx[b] = (int8_t)(j < kw ? 4 * lane + pos + j * dw : -1);
+    }
+    const __m256i shuf = _mm256_loadu_si256((const __m256i *)idx);
+    int64_t x = 0;
+    for (; x + 8 <= n; x += 8) {
+        __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(p + x)));
+        _mm256_storeu_si256((__m256i *)(q + 4 * x), _mm256_shuffle_epi8(v, shuf));
+    }
+    q8_taps_quads_reference(p + x, n - x, kw, dw, q + 4 * x);
+}
+
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 || defined(__clang__) && __clang_major__ >= 12
 #define Q8_HAVE_VNNI 1
 #define Q8_VNNI __attribute__((target("avx2,avxvnni")))
@@ -649,16 +671,6 @@ static inline void put_octet(uint8_t *out, int64_t room, const octet_dst *o, uin
         put_bytes(out, room, o->d1, o->n1, v >> (8 * o->sh));
 }
 
-/* zp + rq(a) unclamped, for a channel whose products never tie (q8_rq_chan): t = a*m0 +
- * add, with add = 2^(shift-1) + zp*2^shift, and floor(t / 2^shift) is t's high dword
- * shifted right by shift - 32 (|t| < 2^63). */
-Q8_VNNI static inline __m256i rq_no_ties8(__m256i a, __m256i m, __m256i add, __m128i cnt)
-{
-    __m256i te = _mm256_add_epi64(_mm256_mul_epi32(a, m), add);
-    __m256i to = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(a, 32), m), add);
-    return _mm256_sra_epi32(_mm256_blend_epi32(_mm256_srli_epi64(te, 32), to, 0xAA), cnt);
-}
-
 /* Channel o of a tile: `count` (1..3) accumulator vectors requantized, packed to bytes
  * (the saturating packs then a clamp of the bytes: the same as clamping the int32
  * values, since [lo, hi] lies inside the packs' ranges) and written to the output rows. */
@@ -671,7 +683,7 @@ Q8_VNNI static inline void rq_put(const q8_rq_rows *d, int64_t o, const __m256i 
         __m256i m = _mm256_set1_epi64x(ch->m0), add = _mm256_set1_epi64x(ch->add);
         __m128i cnt = _mm_cvtsi32_si128(ch->shift - 32);
         for (int j = 0; j < 3; j++)
-            r[j] = j < count ? rq_no_ties8(s[j], m, add, cnt) : r[0];
+            r[j] = j < count ? q8_rq_no_ties8(s[j], m, add, cnt) : r[0];
     } else {
         q8_rq_high k;
         q8_rq_high_init(&k, ch->m0, ch->shift, d->zp, d->lo, d->hi);
@@ -695,15 +707,17 @@ Q8_VNNI static inline void rq_put(const q8_rq_rows *d, int64_t o, const __m256i 
     }
 }
 
-Q8_VNNI void q8_gemm_quads_rq_vnni(int64_t m, int64_t kquads, const int8_t *w, int64_t kq4,
-                                   const uint8_t *a, const int64_t *off, int64_t np,
-                                   const int32_t *bias, const q8_rq_rows *d)
+/* The tiles of positions [p, end) (a multiple of Q8_COLS_STEP from p): 4 channels x 24
+ * positions, then x 8. */
+Q8_VNNI static void quads_rq_part(int64_t p, int64_t end, int64_t m, int64_t kquads,
+                                  const int8_t *w, int64_t kq4, const uint8_t *a,
+                                  const int64_t *off, int64_t np, const int32_t *bias,
+                                  const q8_rq_rows *d)
 {
     octet_dst oct[3];
     __m256i s[12];
     const int32_t *b = NULL;
-    int64_t p = 0;
-    for (; p + Q8_COLS_NR <= np; p += Q8_COLS_NR) {
+    for (; p + Q8_COLS_NR <= end; p += Q8_COLS_NR) {
         bool simple = octets_at(d, p, 3, oct);
         int64_t o = 0;
         for (; o + 4 <= m; o += 4) {
@@ -718,7 +732,7 @@ Q8_VNNI void q8_gemm_quads_rq_vnni(int64_t m, int64_t kquads, const int8_t *w, i
             rq_put(d, o, s, 3, oct, simple);
         }
     }
-    for (; p < np; p += Q8_COLS_STEP) {
+    for (; p < end; p += Q8_COLS_STEP) {
         bool simple = octets_at(d, p, 1, oct);
         int64_t o = 0;
         for (; o + 4 <= m; o += 4) {
@@ -734,6 +748,123 @@ Q8_VNNI void q8_gemm_quads_rq_vnni(int64_t m, int64_t kquads, const int8_t *w, i
         }
     }
 }
+
+Q8_VNNI void q8_gemm_quads_rq_vnni(int64_t m, int64_t kquads, const int8_t *w, int64_t kq4,
+                                   const uint8_t *a, const int64_t *off, int64_t np,
+                                   const int32_t *bias, const q8_rq_rows *d)
+{
+    quads_rq_part(0, np, m, kquads, w, kq4, a, off, np, bias, d);
+}
+
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 || defined(__clang__) && __clang_major__ >= 12
+#define Q8_HAVE_AVX512 1
+#define Q8_AVX512 __attribute__((target("avx2,avxvnni,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+/* AVX-512 VNNI (and CQAT_Q8_GEMM neither "avx2" nor "vnni256", which keep the 256-bit
+ * kernels). */
+bool q8_gemm_avx512_available(void)
+{
+    const char *env = getenv("CQAT_Q8_GEMM");
+    return q8_gemm_vnni_available() && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512vnni") && !(env && strcmp(env, "vnni256") == 0);
+}
+
+/* dp on 16 lanes (inline asm for the reason given at dp). */
+Q8_AVX512 static inline __m512i dp16(__m512i acc, __m512i a, __m512i w)
+{
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(w));
+    return acc;
+}
+
+Q8_AVX512 static inline __m512i wquad16(const int8_t *w)
+{
+    int32_t v;
+    memcpy(&v, w, sizeof v);
+    return _mm512_set1_epi32(v);
+}
+
+/* 4 channels x 16J positions (J = 1..3, a constant once inlined): s[3r + j] holds channel
+ * r's positions 16j..16j+15. */
+Q8_AVX512 static inline __attribute__((always_inline)) void
+quads_acc_4x16j(int J, int64_t kquads, const int8_t *w, int64_t kq4, const uint8_t *a,
+                const int64_t *off, int64_t np, const int32_t *bias, __m512i s[12])
+{
+    for (int r = 0; r < 4; r++)
+        for (int j = 0; j < J; j++)
+            s[3 * r + j] = _mm512_set1_epi32(bias ? bias[r] : 0);
+    for (int64_t t = 0; t < kquads; t++) {
+        const uint8_t *ap = a + quad_at(off, t, np);
+        __m512i x[3];
+        for (int j = 0; j < J; j++)
+            x[j] = _mm512_loadu_si512((const void *)(ap + 64 * j));
+        for (int r = 0; r < 4; r++) {
+            __m512i wr = wquad16(w + r * kq4 + 4 * t);
+            for (int j = 0; j < J; j++)
+                s[3 * r + j] = dp16(s[3 * r + j], x[j], wr);
+        }
+    }
+}
+
+/* One tile of 4 channels x 16J positions from p: the sums, then each channel's results
+ * through the 256-bit epilogue in groups of 3 octets. */
+Q8_AVX512 static inline __attribute__((always_inline)) void
+quads_rq_4x16j(int J, int64_t p, int64_t m4, int64_t kquads, const int8_t *w, int64_t kq4,
+               const uint8_t *a, const int64_t *off, int64_t np, const int32_t *bias,
+               const q8_rq_rows *d)
+{
+    octet_dst oct[6];
+    __m512i s[12];
+    bool simple = true;
+    for (int g = 0; 3 * g < 2 * J; g++) {
+        int n = 2 * J - 3 * g < 3 ? 2 * J - 3 * g : 3;
+        simple = octets_at(d, p + 24 * g, n, oct + 3 * g) && simple;
+    }
+    for (int64_t o = 0; o < m4; o += 4) {
+        quads_acc_4x16j(J, kquads, w + o * kq4, kq4, a + p * 4, off, np, bias ? bias + o : NULL,
+                        s);
+        for (int r = 0; r < 4; r++) {
+            __m256i h[6];
+            for (int j = 0; j < J; j++) {
+                h[2 * j] = _mm512_castsi512_si256(s[3 * r + j]);
+                h[2 * j + 1] = _mm512_extracti64x4_epi64(s[3 * r + j], 1);
+            }
+            for (int g = 0; 3 * g < 2 * J; g++)
+                rq_put(d, o + r, h + 3 * g, 2 * J - 3 * g < 3 ? 2 * J - 3 * g : 3, oct + 3 * g,
+                       simple);
+        }
+    }
+}
+
+/* q8_gemm_quads_rq_vnni with tiles of 4 channels x 48 (then 32, 16) positions on 512-bit
+ * vectors (the same sums, so the same bytes); the results go through the 256-bit
+ * epilogue. The last positions (< 16) and channels (< 4) take the 256-bit tiles. */
+Q8_AVX512 void q8_gemm_quads_rq_avx512(int64_t m, int64_t kquads, const int8_t *w, int64_t kq4,
+                                       const uint8_t *a, const int64_t *off, int64_t np,
+                                       const int32_t *bias, const q8_rq_rows *d)
+{
+    int64_t p = 0, m4 = m / 4 * 4;
+    for (; m4 > 0 && p + 48 <= np; p += 48)
+        quads_rq_4x16j(3, p, m4, kquads, w, kq4, a, off, np, bias, d);
+    if (m4 > 0 && p + 32 <= np) {
+        quads_rq_4x16j(2, p, m4, kquads, w, kq4, a, off, np, bias, d);
+        p += 32;
+    }
+    if (m4 > 0 && p + 16 <= np) {
+        quads_rq_4x16j(1, p, m4, kquads, w, kq4, a, off, np, bias, d);
+        p += 16;
+    }
+    if (m4 < m && p > 0) { /* the last channels over the positions done above */
+        q8_rq_rows e = *d;
+        e.chan += m4;
+        e.out += m4 * d->ldo;
+        quads_rq_part(0, p, m - m4, kquads, w + m4 * kq4, kq4, a, off, np,
+                      bias ? bias + m4 : NULL, &e);
+    }
+    quads_rq_part(p, np, m, kquads, w, kq4, a, off, np, bias, d);
+}
+#endif
+
 #endif
 
 #else /* not x86: the reference kernel stands in */
@@ -760,6 +891,11 @@ void q8_interleave_pairs_avx2(const uint8_t *r0, const uint8_t *r1, int64_t n, i
 void q8_interleave_quads_avx2(const uint8_t *const r[4], int64_t n, uint8_t *dst)
 {
     q8_interleave_quads_reference(r, n, dst);
+}
+
+void q8_taps_quads_avx2(const uint8_t *p, int64_t n, int64_t kw, int64_t dw, uint8_t *q)
+{
+    q8_taps_quads_reference(p, n, kw, dw, q);
 }
 
 #endif
@@ -791,5 +927,16 @@ void q8_gemm_quads_vnni(int64_t m, int64_t kquads, const int8_t *w, int64_t kq4,
                         int32_t *c, int64_t ldc)
 {
     q8_gemm_quads_reference(m, kquads, w, kq4, a, off, np, bias, c, ldc);
+}
+#endif
+
+#if !defined(Q8_HAVE_AVX512) /* no AVX-512 kernel: never chosen; the 256-bit one stands in */
+bool q8_gemm_avx512_available(void) { return false; }
+
+void q8_gemm_quads_rq_avx512(int64_t m, int64_t kquads, const int8_t *w, int64_t kq4,
+                             const uint8_t *a, const int64_t *off, int64_t np,
+                             const int32_t *bias, const q8_rq_rows *d)
+{
+    q8_gemm_quads_rq_vnni(m, kquads, w, kq4, a, off, np, bias, d);
 }
 #endif

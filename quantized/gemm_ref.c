@@ -86,3 +86,10 @@ void q8_interleave_quads_reference(const uint8_t *const r[4], int64_t n, uint8_t
         for (int64_t s = 0; s < 4; s++)
             dst[4 * p + s] = r[s][p];
 }
+
+void q8_taps_quads_reference(const uint8_t *p, int64_t n, int64_t kw, int64_t dw, uint8_t *q)
+{
+    for (int64_t x = 0; x < n; x++)
+        for (int64_t j = 0; j < 4; j++)
+            q[4 * x + j] = j < kw ? p[x + j * dw] : 0;
+}

@@ -220,6 +220,10 @@ q8_status q8_model_scratch_reserve(q8_model *m)
 q8_status q8_model_prepare(q8_model *m)
 {
     size_t scratch = 0;
+    for (int32_t k = 0; k < m->n_nodes; k++) /* the ops' prepare plan the fusions */
+        m->nodes[k].fused_into = -1;
+    for (int32_t i = 0; i < m->n_values; i++)
+        m->values[i].fused_away = false;
     for (int32_t k = 0; k < m->n_nodes; k++) {
         q8_node *n = &m->nodes[k];
         const q8_op_def *def = q8_ops[n->op];
@@ -286,6 +290,8 @@ q8_status q8_model_value(const q8_model *m, int32_t id, q8_value_info *info)
     }
     if (m->batch > 0) {
         info->shape[0] = m->batch;
+        if (m->fused && v->fused_away) /* q8_model_run did not write it */
+            return Q8_OK;
         info->data = q8_value_data(m, id);
     }
     return Q8_OK;

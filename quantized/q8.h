@@ -82,11 +82,16 @@ void q8_model_free(q8_model *m);
  * (N, ...), both float32 row-major. Fails with Q8_ERR_STATE if the model has several
  * inputs/outputs or non-float ones (use q8_model_run_values then). Runs allocate nothing,
  * except the first run with a larger batch than any before (the activation buffers grow to
- * it) or with more OpenMP threads than at load (one scratch block per thread). */
+ * it) or with more OpenMP threads than at load (one scratch block per thread).
+ * Only the output is promised: this run uses the fused plan chosen at load (a conv2d whose
+ * only reader is a 2x2 stride-2 max_pool2d is computed together with the pool, the same
+ * integers), so such a conv's own output value is not written — q8_model_value() gives
+ * it with data NULL. Use q8_model_run_values for every value. */
 q8_status q8_model_run(q8_model *m, const float *input, int64_t batch, float *output);
 
 /* General run: inputs[i] points to the i-th graph input, `batch` items in its dtype.
- * Read the results (and any intermediate value) with q8_model_value(). */
+ * Every node runs on its own, so every value is written: read the results and any
+ * intermediate value with q8_model_value(). */
 q8_status q8_model_run_values(q8_model *m, const void *const *inputs, int64_t batch);
 
 /* Grows the activation buffers for `batch` items now, so that later runs up to that
@@ -107,7 +112,9 @@ int32_t q8_model_output_id(const q8_model *m, int32_t i);
 /* What a value is and, after a run, what it holds: `data` points to batch * numel
  * elements of `dtype` (row-major, shape[0] = the last run's batch), owned by the model
  * and valid until the next run or q8_model_free. Before any run data is NULL and
- * shape[0] is -1. Comparison tools read every value's integers this way. */
+ * shape[0] is -1; after q8_model_run, data is also NULL for the values its fused plan
+ * skipped. Comparison tools read every value's integers this way, after
+ * q8_model_run_values. */
 typedef struct q8_value_info {
     const char *name; /* owned by the model; "" if unnamed */
     q8_dtype dtype;
@@ -133,7 +140,9 @@ q8_status q8_model_save(const q8_model *m, const char *path);
 
 /* Which int8 GEMM kernel the model uses: "avx2" or "reference". It is chosen at load
  * from the CPU (__builtin_cpu_supports("avx2")); CQAT_Q8_GEMM=reference|avx2 in the
- * environment overrides the choice (avx2 only where the CPU has it). The float GEMM of
+ * environment overrides the choice (avx2 only where the CPU has it; "avx2" also keeps
+ * the vpmaddwd kernels where the CPU has AVX-VNNI, and "vnni256" the 256-bit VNNI
+ * kernels where it has AVX-512 VNNI, for comparison). The float GEMM of
  * conv2d_f32/linear_f32 follows it (its AVX2 kernel also needs FMA). */
 const char *q8_model_gemm_kernel(const q8_model *m);
 

@@ -62,6 +62,7 @@ typedef struct q8_value {
     int32_t ndim;
     int64_t shape[Q8_MAX_DIMS]; /* shape[0] == -1: the batch */
     int64_t item_numel;         /* product of shape[1..] */
+    bool fused_away;            /* not written by fused runs (q8_model_run): see q8_node */
     float scale;                /* u8/i8 */
     int32_t zero_point;
     int32_t producer;           /* node index; -1 for a graph input */
@@ -79,6 +80,11 @@ typedef struct q8_node {
     q8_tensor cst[Q8_MAX_CONSTS]; /* indexed like the op's constant table */
     void *prep;                   /* op-private, made by prepare */
     size_t scratch_bytes;         /* set by prepare */
+    /* The fused plan of q8_model_run, chosen by prepare: node fused_into computes this
+     * node's output itself (conv2d -> max_pool2d 2x2/2), so fused runs skip this node and
+     * leave the intermediate value (marked fused_away) unwritten; -1: none.
+     * q8_model_run_values runs every node unfused. */
+    int32_t fused_into;
 } q8_node;
 
 typedef enum q8_gemm_kernel { Q8_GEMM_REFERENCE = 0, Q8_GEMM_AVX2 = 1 } q8_gemm_kernel;
@@ -95,6 +101,7 @@ struct q8_model {
     /* run state */
     int64_t cap_batch;  /* the arena holds this many items of every value */
     int64_t batch;      /* of the last successful run; 0 before */
+    bool fused;         /* the last run used the fused plan (q8_model_run) */
     uint8_t *arena;
     uint8_t *scratch;     /* scratch_threads blocks of scratch_bytes (64-byte aligned) */
     size_t scratch_bytes; /* per thread: the max over nodes of their scratch_bytes */
@@ -214,6 +221,9 @@ q8_status q8_check_finite(const q8_node *n, int32_t idx);
 /* Equal ranks and dimensions (the batch aside) of inputs 0 and 1 (no broadcasting); the
  * message names both shapes. */
 q8_status q8_check_same_shapes(const q8_model *m, const q8_node *n);
+
+/* A max_pool2d node with a 2x2 window at stride 2, no padding, no dilation, floor mode. */
+bool q8_max_pool_is_2x2s2(const q8_node *n);
 
 /* ---- integer arithmetic ---- */
 
@@ -473,6 +483,27 @@ void q8_gemm_quads_rq_reference(int64_t m, int64_t kquads, const int8_t *w, int6
 void q8_gemm_quads_rq_vnni(int64_t m, int64_t kquads, const int8_t *w, int64_t kq4,
                            const uint8_t *a, const int64_t *off, int64_t np, const int32_t *bias,
                            const q8_rq_rows *d);
+/* The same with 4 x 48 tiles on 512-bit vectors, for CPUs with AVX-512 VNNI (same bytes).
+ * q8_gemm_avx512_available: those and AVX-VNNI (conv2d takes this kernel where it took
+ * q8_gemm_quads_rq_vnni), unless CQAT_Q8_GEMM is "avx2" or "vnni256" (the 256-bit
+ * kernel, for comparison). */
+void q8_gemm_quads_rq_avx512(int64_t m, int64_t kquads, const int8_t *w, int64_t kq4,
+                             const uint8_t *a, const int64_t *off, int64_t np, const int32_t *bias,
+                             const q8_rq_rows *d);
+bool q8_gemm_avx512_available(void);
+/* conv2d followed by a 2x2 max-pool at stride 2 (the fused plan of q8_model_run): since
+ * requantization is monotone (m0 >= 0), the max of the requantized values is the
+ * requantized max of the int32 results, so only a quarter of them is requantized.
+ * out[i*pw + j] = q8_rq_byte(max of acc[(2i + a)*ld + 2j + b], a, b in {0, 1}) for i <
+ * prows, j < pw (2*pw <= ld). The AVX2 kernel (32 <= shift <= 62, the channel's
+ * q8_rq_chan) gives the same bytes; it reads up to 14 int32 beyond the last window's row
+ * and may store up to 7 bytes beyond a row's last output while they stay within `room`
+ * bytes of `out` (the next row rewrites them). */
+void q8_pool_rq_reference(const int32_t *acc, int64_t ld, int64_t prows, int64_t pw, int32_t m0,
+                          int32_t shift, int32_t zp, int32_t lo, int32_t hi, uint8_t *out);
+void q8_pool_rq_avx2(const int32_t *acc, int64_t ld, int64_t prows, int64_t pw,
+                     const q8_rq_chan *ch, int32_t zp, int32_t lo, int32_t hi, uint8_t *out,
+                     int64_t room);
 /* q8_gemm's product (row-major C, rs = n... any strides) with the weights as int8 rows
  * (n, kp) instead of int16: vpdpbusd on 32 bytes of K at a time (a 16-byte tail in the
  * lower half), for linear on CPUs with AVX-VNNI. Same integers as q8_gemm_reference. */
@@ -481,6 +512,11 @@ void q8_gemm_dot_vnni(int64_t m, int64_t n, int64_t kp, const uint8_t *a, int64_
 /* dst[4p + s] = r[s][p] (p < n, s < 4). */
 void q8_interleave_quads_reference(const uint8_t *const r[4], int64_t n, uint8_t *dst);
 void q8_interleave_quads_avx2(const uint8_t *const r[4], int64_t n, uint8_t *dst);
+/* q[4x + j] = p[x + j*dw] for j < kw, 0 for kw <= j < 4 (x < n): a single-channel conv's
+ * kernel row as one K quad per grid position of the padded plane p (readable to
+ * n + (kw-1)*dw + 16), so the VNNI GEMM reads quad i of position x at row offset i*dh. */
+void q8_taps_quads_reference(const uint8_t *p, int64_t n, int64_t kw, int64_t dw, uint8_t *q);
+void q8_taps_quads_avx2(const uint8_t *p, int64_t n, int64_t kw, int64_t dw, uint8_t *q);
 q8_gemm_kernel q8_gemm_choose(void); /* CPU + CQAT_Q8_GEMM */
 void q8_gemm(q8_gemm_kernel kernel, int64_t m, int64_t n, int64_t kp, const uint8_t *a,
              int64_t lda, const int16_t *b, const int32_t *bias, int32_t *c, int64_t rs,

@@ -90,6 +90,19 @@ void q8_rq_chan_init(q8_rq_chan *c, int32_t m0, int32_t shift, int32_t zp, int64
     c->add = c->no_ties ? (INT64_C(1) << (shift - 1)) + (int64_t)zp * (INT64_C(1) << shift) : 0;
 }
 
+void q8_pool_rq_reference(const int32_t *acc, int64_t ld, int64_t prows, int64_t pw, int32_t m0,
+                          int32_t shift, int32_t zp, int32_t lo, int32_t hi, uint8_t *out)
+{
+    for (int64_t i = 0; i < prows; i++) {
+        const int32_t *r0 = acc + 2 * i * ld, *r1 = r0 + ld; // (2 * pw) each
+        for (int64_t j = 0; j < pw; j++) {
+            int32_t a = r0[2 * j] > r0[2 * j + 1] ? r0[2 * j] : r0[2 * j + 1];
+            int32_t b = r1[2 * j] > r1[2 * j + 1] ? r1[2 * j] : r1[2 * j + 1];
+            out[i * pw + j] = q8_rq_byte(a > b ? a : b, m0, shift, zp, lo, hi);
+        }
+    }
+}
+
 void q8_quantize_row_reference(const float *x, int64_t n, float inv, int32_t zp, int32_t qmin,
                                int32_t qmax, uint8_t *out)
 {

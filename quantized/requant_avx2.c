@@ -145,6 +145,46 @@ Q8_AVX2 void q8_lookup2_avx2(const uint8_t *table, const uint8_t *a, const uint8
     q8_lookup2_reference(table, a + i, b + i, n - i, out + i);
 }
 
+/* The max of each 2x2 window of two int32 rows, 8 windows (16 columns): the row max,
+ * then each even lane against its odd neighbour (shifted down), the even lanes gathered
+ * in order. */
+Q8_AVX2 static inline __m256i pool8(const int32_t *r0, const int32_t *r1)
+{
+    __m256i a = _mm256_max_epi32(_mm256_loadu_si256((const __m256i *)r0),
+                                 _mm256_loadu_si256((const __m256i *)r1));
+    __m256i b = _mm256_max_epi32(_mm256_loadu_si256((const __m256i *)(r0 + 8)),
+                                 _mm256_loadu_si256((const __m256i *)(r1 + 8)));
+    a = _mm256_max_epi32(a, _mm256_srli_epi64(a, 32));
+    b = _mm256_max_epi32(b, _mm256_srli_epi64(b, 32));
+    __m256i v = _mm256_castps_si256(
+        _mm256_shuffle_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b), 0x88));
+    return _mm256_permute4x64_epi64(v, 0xD8);
+}
+
+Q8_AVX2 void q8_pool_rq_avx2(const int32_t *acc, int64_t ld, int64_t prows, int64_t pw,
+                             const q8_rq_chan *ch, int32_t zp, int32_t lo, int32_t hi,
+                             uint8_t *out, int64_t room)
+{
+    q8_rq_high k;
+    q8_rq_high_init(&k, ch->m0, ch->shift, zp, lo, hi);
+    const __m256i add = _mm256_set1_epi64x(ch->add);
+    const __m256i blo = _mm256_set1_epi8((char)lo), bhi = _mm256_set1_epi8((char)hi);
+    const bool u8 = lo >= 0;
+    for (int64_t i = 0; i < prows; i++) {
+        const int32_t *r0 = acc + 2 * i * ld, *r1 = r0 + ld; // (2 * pw) each
+        for (int64_t j = 0; j < pw; j += 8) {
+            __m256i v = pool8(r0 + 2 * j, r1 + 2 * j);
+            __m256i r = ch->no_ties ? q8_rq_no_ties8(v, k.m, add, k.cnt) : q8_rq_high8(&k, v);
+            __m256i b = q8_rq_pack32(r, r, r, r, u8);
+            b = u8 ? _mm256_min_epu8(_mm256_max_epu8(b, blo), bhi)
+                   : _mm256_min_epi8(_mm256_max_epi8(b, blo), bhi);
+            uint64_t bytes = (uint64_t)_mm256_extract_epi64(b, 0);
+            int64_t at = i * pw + j;
+            memcpy(out + at, &bytes, at + 8 <= room ? 8 : (size_t)(pw - j));
+        }
+    }
+}
+
 #else
 
 void q8_lookup2_avx2(const uint8_t *table, const uint8_t *a, const uint8_t *b, int64_t n,
@@ -163,6 +203,14 @@ void q8_requant_avx2(const int32_t *acc, int64_t n, const int32_t *m0, const int
                      int64_t step, int32_t zp, int32_t lo, int32_t hi, uint8_t *out)
 {
     q8_requant_reference(acc, n, m0, shift, step, zp, lo, hi, out);
+}
+
+void q8_pool_rq_avx2(const int32_t *acc, int64_t ld, int64_t prows, int64_t pw,
+                     const q8_rq_chan *ch, int32_t zp, int32_t lo, int32_t hi, uint8_t *out,
+                     int64_t room)
+{
+    (void)room;
+    q8_pool_rq_reference(acc, ld, prows, pw, ch->m0, ch->shift, zp, lo, hi, out);
 }
 
 #endif

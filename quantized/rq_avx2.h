@@ -50,6 +50,16 @@ Q8_RQ_AVX2 static inline __m256i q8_rq_high8(const q8_rq_high *k, __m256i a)
     return _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(r, k->zp), k->lo), k->hi);
 }
 
+/* zp + rq(a) unclamped, for a channel whose products never tie (q8_rq_chan): t = a*m0 +
+ * add, with add = 2^(shift-1) + zp*2^shift, and floor(t / 2^shift) is t's high dword
+ * shifted right by shift - 32 (|t| < 2^63). */
+Q8_RQ_AVX2 static inline __m256i q8_rq_no_ties8(__m256i a, __m256i m, __m256i add, __m128i cnt)
+{
+    __m256i te = _mm256_add_epi64(_mm256_mul_epi32(a, m), add);
+    __m256i to = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(a, 32), m), add);
+    return _mm256_sra_epi32(_mm256_blend_epi32(_mm256_srli_epi64(te, 32), to, 0xAA), cnt);
+}
+
 /* Four rows of 8 results (each in [lo, hi]) as 32 bytes in order: saturating packs keep
  * every value, with unsigned saturation for a u8 range (lo >= 0), signed for an i8 one. */
 Q8_RQ_AVX2 static inline __m256i q8_rq_pack32(__m256i r0, __m256i r1, __m256i r2, __m256i r3,

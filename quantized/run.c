@@ -47,6 +47,8 @@ static q8_status run_nodes(q8_model *m, int64_t batch)
 {
     for (int32_t k = 0; k < m->n_nodes; k++) {
         const q8_node *n = &m->nodes[k];
+        if (m->fused && n->fused_into >= 0) /* computed by node fused_into */
+            continue;
         q8_status st = q8_ops[n->op]->run(m, n, batch);
         if (st != Q8_OK)
             return st;
@@ -124,16 +126,16 @@ static q8_status run_sliced(q8_model *m, int64_t batch)
     return st == Q8_OK ? Q8_OK : q8_error(st, "%s", msg);
 }
 
-q8_status q8_model_run_values(q8_model *m, const void *const *inputs, int64_t batch)
+/* One run, with the fused plan (only the graph outputs are written) or without. */
+static q8_status run_graph(q8_model *m, const void *const *inputs, int64_t batch, bool fused)
 {
-    if (!m || !inputs)
-        return q8_error(Q8_ERR_ARG, "q8_model_run_values: model or inputs is NULL");
     q8_status st = q8_model_reserve(m, batch);
     if (st == Q8_OK)
         st = q8_model_scratch_reserve(m);
     if (st != Q8_OK)
         return st;
     m->batch = 0;
+    m->fused = fused;
     for (int32_t i = 0; i < m->n_inputs; i++) {
         const q8_value *v = &m->values[m->inputs[i]];
         if (!inputs[i])
@@ -150,6 +152,13 @@ q8_status q8_model_run_values(q8_model *m, const void *const *inputs, int64_t ba
     return Q8_OK;
 }
 
+q8_status q8_model_run_values(q8_model *m, const void *const *inputs, int64_t batch)
+{
+    if (!m || !inputs)
+        return q8_error(Q8_ERR_ARG, "q8_model_run_values: model or inputs is NULL");
+    return run_graph(m, inputs, batch, false);
+}
+
 q8_status q8_model_run(q8_model *m, const float *input, int64_t batch, float *output)
 {
     if (!m || !input || !output)
@@ -161,7 +170,7 @@ q8_status q8_model_run(q8_model *m, const float *input, int64_t batch, float *ou
                         "%d inputs and %d outputs (use q8_model_run_values)",
                         (int)m->n_inputs, (int)m->n_outputs);
     const void *in[1] = {input};
-    q8_status st = q8_model_run_values(m, in, batch);
+    q8_status st = run_graph(m, in, batch, true);
     if (st != Q8_OK)
         return st;
     const q8_value *y = &m->values[m->outputs[0]];

@@ -2593,6 +2593,10 @@ START_TEST(save_then_load_round_trips_every_field_and_result)
     CK_Q8(q8_model_run(m, x, 3, y1));
     CK_Q8(q8_model_run(l, x, 3, y2));
     ck_assert_int_eq(memcmp(y1, y2, sizeof y1), 0);
+    /* every value: q8_model_run's fused plan leaves conv -> pool intermediates unwritten */
+    const void *ins[1] = {x};
+    CK_Q8(q8_model_run_values(m, ins, 3));
+    CK_Q8(q8_model_run_values(l, ins, 3));
     for (int32_t id = 0; id < m->n_values; id++) {
         q8_value_info a, c;
         CK_Q8(q8_model_value(m, id, &a));

@@ -18,7 +18,10 @@
  *   plane); other strides build the patch rows per position (conv_image). With AVX-VNNI
  *   K goes in quads of bytes (vpdpbusd), else in int16 pairs (vpmaddwd); the VNNI grid
  *   path requantizes each tile in the GEMM's epilogue and writes the output rows
- *   directly (q8_gemm_quads_rq_vnni) when every shift is in [32, 62];
+ *   directly (q8_gemm_quads_rq_vnni; q8_gemm_quads_rq_avx512 with AVX-512 VNNI) when
+ *   every shift is in [32, 62]. A conv whose only reader is a 2x2/2 max-pool computes
+ *   the pool's output in q8_model_run's fused plan (plan_pool): the int32 results of a
+ *   chunk pooled, then requantized (monotone, so the same bytes as pooling after);
  * - direct: depthwise (groups > 1, one input channel per group, any channel multiplier,
  *   output rows up to DIRECT_COLS wide): per output row and kernel tap, a branch-free
  *   loop over the output columns that subtracts zp_in and skips the padding.
@@ -79,9 +82,14 @@ typedef struct conv_prep {
     int8_t *wq;         /* vnni: (O, kq4) the weights zero padded */
     int64_t *koff;      /* grid: (K) where patch row k starts in the padded planes */
     bool cquads;        /* vnni with cg % 4 == 0: channel quads interleaved in the planes */
+    bool tquads;        /* vnni with cg == 1, 3 <= kw <= 4, dw <= 2: a kernel row's taps as a
+                         * quad per grid position (q8_taps_quads), K = (kh, 4) */
     bool fused_rq;      /* vnni, Wp >= 8 and every shift in [32, 62]: requantize in the GEMM */
+    bool avx512;        /* fused_rq on 512-bit vectors (q8_gemm_quads_rq_avx512) */
     q8_rq_chan *chan;   /* fused_rq: (O) the requantization constants per output channel */
     int64_t *qoff;      /* cquads: (kquads) where K quad t starts, t = (i*kw + j)*(cg/4) + q */
+    int32_t pool_out;   /* grid, fused runs: the 2x2/2 max-pool's output value computed here
+                         * (the int32 results pooled, a quarter requantized); -1: none */
     int32_t zp_u8;      /* input zero point, shifted to uint8 for int8 inputs */
     uint8_t xor_in;
 } conv_prep;
@@ -224,6 +232,13 @@ static size_t planes_bytes(const conv_prep *pp)
     return (size_t)(g->cg * pp->hp * pp->wp + ((g->kw - 1) * g->dw + Q8_COLS_NR) * 4);
 }
 
+/* Bytes of the tquads operand: a quad per grid position, 16 more positions read and
+ * written beyond the plane. */
+static size_t taps_bytes(const conv_prep *pp)
+{
+    return pp->tquads ? (size_t)((pp->hp * pp->wp + 16) * 4) : 0;
+}
+
 /* The scratch of one thread: the patch rows (two uint8 rows, or the grid path's padded
  * planes and a zero row), the pair-interleaved operand, the int32 results and one row of
  * output bytes; returns its size (base may be NULL). */
@@ -237,9 +252,10 @@ static size_t scratch_layout(const conv_prep *pp, uint8_t *base, conv_scratch *s
 {
     size_t rows = round64((size_t)(2 * pp->chunk));
     if (pp->grid)
-        rows = round64(planes_bytes(pp)) + round64((size_t)pp->chunk);
+        rows = round64(planes_bytes(pp)) + round64(taps_bytes(pp)) + round64((size_t)pp->chunk);
     size_t ops = round64((size_t)(pp->kpairs * pp->chunk) * 2 * sizeof(int16_t));
-    size_t res = round64((size_t)(pp->g.og * pp->chunk) * sizeof(int32_t));
+    /* + 64: q8_pool_rq_avx2 reads up to 14 int32 beyond the last channel's rows */
+    size_t res = round64((size_t)(pp->g.og * pp->chunk) * sizeof(int32_t)) + 64;
     if (base) {
         sc->rows = base;
         sc->cols = (int16_t *)(base + rows);
@@ -261,10 +277,24 @@ static q8_status prepare_quads(const q8_node *n, conv_prep *pp)
     if (!pp->vnni)
         return Q8_OK;
     pp->cquads = g->cg % 4 == 0;
+    pp->tquads = g->cg == 1 && g->kw >= 3 && g->kw <= 4 && g->dw <= 2;
+    if (pp->tquads) {
+        pp->kquads = g->kh;
+        pp->kq4 = 4 * g->kh;
+    }
+    bool offsets = pp->cquads || pp->tquads;
     pp->wq = calloc((size_t)(g->o * pp->kq4), 1);
-    pp->qoff = pp->cquads ? malloc((size_t)pp->kquads * sizeof *pp->qoff) : NULL;
-    if (!pp->wq || (pp->cquads && !pp->qoff))
+    pp->qoff = offsets ? malloc((size_t)pp->kquads * sizeof *pp->qoff) : NULL;
+    if (!pp->wq || (offsets && !pp->qoff))
         return q8_node_error(n, Q8_ERR_NOMEM, "out of memory");
+    if (pp->tquads) { /* quad i: row i of the kernel, taps j < kw, zero beyond */
+        for (int64_t i = 0; i < g->kh; i++) {
+            pp->qoff[i] = i * g->dh * pp->wp * 4;
+            for (int64_t o = 0; o < g->o; o++)
+                memcpy(pp->wq + o * pp->kq4 + 4 * i, w + o * g->k + i * g->kw, (size_t)g->kw);
+        }
+        return Q8_OK;
+    }
     if (!pp->cquads) {
         for (int64_t o = 0; o < g->o; o++)
             memcpy(pp->wq + o * pp->kq4, w + o * g->k, (size_t)g->k);
@@ -315,12 +345,37 @@ static q8_status prepare_chan(const q8_model *m, const q8_node *n, conv_prep *pp
     return Q8_OK;
 }
 
+/* The fused plan: when the conv's only reader is a 2x2/2 max-pool and its output is not a
+ * graph output, fused runs compute the pool's output here and skip the pool node (the
+ * conv's own output is not written then). Returns the pool's output value, or -1. */
+static int32_t plan_pool(q8_model *m, const q8_node *n)
+{
+    int32_t y = n->out[0], reader = -1;
+    for (int32_t i = 0; i < m->n_outputs; i++)
+        if (m->outputs[i] == y)
+            return -1;
+    for (int32_t k = 0; k < m->n_nodes; k++)
+        for (int32_t i = 0; i < m->nodes[k].n_in; i++) {
+            if (m->nodes[k].in[i] != y)
+                continue;
+            if (reader >= 0)
+                return -1;
+            reader = k;
+        }
+    if (reader < 0 || !q8_max_pool_is_2x2s2(&m->nodes[reader]))
+        return -1;
+    m->nodes[reader].fused_into = (int32_t)(n - m->nodes);
+    m->values[y].fused_away = true;
+    return m->nodes[reader].out[0];
+}
+
 static q8_status prepare(q8_model *m, q8_node *n)
 {
     conv_prep *pp = calloc(1, sizeof *pp);
     if (!pp)
         return q8_node_error(n, Q8_ERR_NOMEM, "out of memory");
     n->prep = pp;
+    pp->pool_out = -1;
     geom_of(m, n, &pp->g);
     const q8_value *x = q8_in(m, n, 0);
     pp->xor_in = q8_xor(x->dtype);
@@ -343,12 +398,17 @@ static q8_status prepare(q8_model *m, q8_node *n)
         pp->wp = g->w + 2 * g->pw;
         int64_t fit = COLS_BYTES / (pp->kpairs * 4) / pp->wp;
         pp->grid_rows = fit < 1 ? 1 : fit < g->oh ? fit : g->oh;
+        pp->pool_out = plan_pool(m, n);
+        if (pp->pool_out >= 0) /* pairs of rows stay in one chunk */
+            pp->grid_rows = pp->grid_rows < 2 ? 2 : pp->grid_rows / 2 * 2;
         pp->chunk = round_nr(pp->grid_rows * pp->wp);
         st = prepare_quads(n, pp);
         if (st != Q8_OK)
             return st;
         pp->fused_rq = pp->vnni && pp->wp >= 8 && shifts_high(n);
-        if (pp->fused_rq && (st = prepare_chan(m, n, pp)) != Q8_OK)
+        pp->avx512 = pp->fused_rq && q8_gemm_avx512_available();
+        bool chan = pp->fused_rq || (pp->pool_out >= 0 && shifts_high(n));
+        if (chan && (st = prepare_chan(m, n, pp)) != Q8_OK)
             return st;
         pp->koff = malloc((size_t)g->k * sizeof *pp->koff);
         if (!pp->koff)
@@ -539,12 +599,33 @@ static q8_rq_rows rows_of(const conv_prep *pp, const requant_args *rq, int64_t g
     return d;
 }
 
+/* The fused plan's epilogue for grid rows [oh0, oh0 + rows) (oh0 even) of group grp: the
+ * int32 results acc (og, np) pooled over 2x2 windows and requantized into the pool's
+ * output yp (O, OH/2, OW/2); a last odd row is the one the floor-mode pool drops. */
+static void pool_chunk(const q8_model *m, const conv_prep *pp, const requant_args *rq,
+                       int64_t grp, int64_t oh0, int64_t rows, int64_t np, const int32_t *acc,
+                       uint8_t *yp)
+{
+    const conv_geom *g = &pp->g;
+    const int64_t ph = g->oh / 2, pw = g->ow / 2, i0 = oh0 / 2, prows = rows / 2;
+    for (int64_t o = 0; o < g->og; o++) {
+        int64_t oc = grp * g->og + o, mi = rq->n_mult == 1 ? 0 : oc;
+        uint8_t *out = yp + (oc * ph + i0) * pw; // (prows, pw)
+        if (m->kernel == Q8_GEMM_AVX2 && pp->chan)
+            q8_pool_rq_avx2(acc + o * np, pp->wp, prows, pw, &pp->chan[oc], rq->zp, rq->lo,
+                            rq->hi, out, (ph - i0) * pw);
+        else
+            q8_pool_rq_reference(acc + o * np, pp->wp, prows, pw, rq->mult[mi], rq->shift[mi],
+                                 rq->zp, rq->lo, rq->hi, out);
+    }
+}
+
 /* Stride 1: the conv computed at every position oh*Wp + ow of the padded grid (ow < Wp,
  * the columns ow >= OW are computed and dropped, Wp/OW more work), which makes every
  * patch row a contiguous slice of a padded plane: tap (c, i, j) of rows [oh0, oh1) starts
  * at plane c, (oh0 + i*dh)*Wp + j*dw. No per-position copies, no per-row bounds. */
 static void conv_image_grid(const q8_model *m, const q8_node *n, const uint8_t *xb,
-                            uint8_t *yb, uint8_t *scratch)
+                            uint8_t *yb, uint8_t *yp, uint8_t *scratch)
 {
     const conv_prep *pp = n->prep;
     const conv_geom *g = &pp->g;
@@ -553,32 +634,41 @@ static void conv_image_grid(const q8_model *m, const q8_node *n, const uint8_t *
     conv_scratch sc;
     scratch_layout(pp, scratch, &sc);
     uint8_t *planes = sc.rows;                                // (cg, Hp, Wp) + slack
-    uint8_t *zero = sc.rows + round64(planes_bytes(pp));     // (chunk)
+    uint8_t *taps = sc.rows + round64(planes_bytes(pp));      // tquads: (Hp * Wp + 16, 4)
+    uint8_t *zero = taps + round64(taps_bytes(pp));           // (chunk)
     memset(zero, 0, (size_t)pp->chunk);
+    bool cquads = m->kernel == Q8_GEMM_AVX2 && pp->vnni && pp->cquads;
+    bool tquads = m->kernel == Q8_GEMM_AVX2 && pp->vnni && pp->tquads;
+    const uint8_t *quads = tquads ? taps : planes; /* cquads/tquads: the GEMM's operand */
     for (int64_t grp = 0; grp < g->groups; grp++) {
         const uint8_t *xg = xb + grp * g->cg * g->h * g->w; // (cg, H, W)
-        bool cquads = m->kernel == Q8_GEMM_AVX2 && pp->vnni && pp->cquads;
         if (cquads)
             pad_planes_quads(pp, xg, planes);
         else
             pad_planes(pp, xg, planes);
+        if (tquads) {
+            q8_taps_quads_avx2(planes, pp->hp * pp->wp, g->kw, g->dw, taps);
+            memset(taps + pp->hp * pp->wp * 4, 0, 16 * 4);
+        }
+        const bool offs = cquads || tquads; /* the operand read through pp->qoff */
         for (int64_t oh0 = 0; oh0 < g->oh; oh0 += pp->grid_rows) {
             int64_t rows = g->oh - oh0 < pp->grid_rows ? g->oh - oh0 : pp->grid_rows;
             int64_t np = round_nr(rows * pp->wp);
             const int8_t *wq = pp->wq + grp * g->og * pp->kq4;
-            if (m->kernel == Q8_GEMM_AVX2 && pp->fused_rq) {
+            if (m->kernel == Q8_GEMM_AVX2 && pp->fused_rq && !yp) {
                 q8_rq_rows d = rows_of(pp, &rq, grp, oh0, rows, yb);
-                const uint8_t *a = planes + oh0 * pp->wp * 4;
-                if (!cquads) {
+                const uint8_t *a = quads + oh0 * pp->wp * 4;
+                if (!offs) {
                     grid_quads(pp, planes, zero, oh0, np, (uint8_t *)sc.cols);
                     a = (const uint8_t *)sc.cols;
                 }
-                q8_gemm_quads_rq_vnni(g->og, pp->kquads, wq, pp->kq4, a, cquads ? pp->qoff : NULL,
-                                      np, pp->pk.bias + grp * g->og, &d);
+                (pp->avx512 ? q8_gemm_quads_rq_avx512 : q8_gemm_quads_rq_vnni)(
+                    g->og, pp->kquads, wq, pp->kq4, a, offs ? pp->qoff : NULL, np,
+                    pp->pk.bias + grp * g->og, &d);
                 continue;
             }
-            if (cquads)
-                q8_gemm_quads_vnni(g->og, pp->kquads, wq, pp->kq4, planes + oh0 * pp->wp * 4,
+            if (offs)
+                q8_gemm_quads_vnni(g->og, pp->kquads, wq, pp->kq4, quads + oh0 * pp->wp * 4,
                                    pp->qoff, np, pp->pk.bias + grp * g->og, sc.acc, np);
             else if (m->kernel == Q8_GEMM_AVX2 && pp->vnni) {
                 grid_quads(pp, planes, zero, oh0, np, (uint8_t *)sc.cols);
@@ -588,6 +678,10 @@ static void conv_image_grid(const q8_model *m, const q8_node *n, const uint8_t *
                 grid_pairs(m, pp, planes, zero, oh0, np, sc.cols);
                 gemm(g->og, pp->kpairs, pp->pk.w + grp * g->og * pp->pk.kp, pp->pk.kp, sc.cols,
                      np, pp->pk.bias + grp * g->og, sc.acc, np);
+            }
+            if (yp) {
+                pool_chunk(m, pp, &rq, grp, oh0, rows, np, sc.acc, yp);
+                continue;
             }
             for (int64_t o = 0; o < g->og; o++) {
                 int64_t oc = grp * g->og + o, mi = rq.n_mult == 1 ? 0 : oc;
@@ -633,18 +727,27 @@ static void conv_image(const q8_model *m, const q8_node *n, const uint8_t *xb, u
 
 /* A batch runs as one parallel region over images, each thread with its own scratch
  * (under a passive OpenMP wait policy every region costs a wake-up); a single image
- * parallelizes inside instead. */
+ * parallelizes inside instead. A fused run with a pool planned writes the pool's output
+ * instead of the conv's. */
 static void run_gemm(q8_model *m, const q8_node *n, int64_t batch)
 {
     const conv_prep *pp = n->prep;
     const conv_geom *g = &pp->g;
     const uint8_t *x = q8_value_data(m, n->in[0]); // (N, C, H, W)
     uint8_t *y = q8_value_data(m, n->out[0]);      // (N, O, OH, OW)
+    bool pooled = m->fused && pp->pool_out >= 0;
+    uint8_t *yp = pooled ? q8_value_data(m, pp->pool_out) : NULL; // (N, O, OH/2, OW/2)
+    int64_t pool_item = g->o * (g->oh / 2) * (g->ow / 2);
     bool per_image = batch > 1 && m->scratch_threads > 1;
 #pragma omp parallel for schedule(dynamic, 1) if (per_image)
-    for (int64_t b = 0; b < batch; b++)
-        (pp->grid ? conv_image_grid : conv_image)(m, n, x + b * g->c * g->h * g->w, y + b * g->o * g->p,
-                   q8_scratch(m, per_image ? omp_get_thread_num() : 0));
+    for (int64_t b = 0; b < batch; b++) {
+        uint8_t *scratch = q8_scratch(m, per_image ? omp_get_thread_num() : 0);
+        if (pp->grid)
+            conv_image_grid(m, n, x + b * g->c * g->h * g->w, y + b * g->o * g->p,
+                            pooled ? yp + b * pool_item : NULL, scratch);
+        else
+            conv_image(m, n, x + b * g->c * g->h * g->w, y + b * g->o * g->p, scratch);
+    }
 }
 
 /* One output row of one depthwise channel: per kernel tap, a branch-free loop over the

@@ -71,6 +71,14 @@ static bool is_2x2(const int64_t *a, int64_t h, int64_t w, int64_t oh_n, int64_t
            2 * ow_n <= w;
 }
 
+bool q8_max_pool_is_2x2s2(const q8_node *n)
+{
+    const int64_t *a = n->attr;
+    return n->op == Q8_OP_MAX_POOL2D && a[KERNEL_H] == 2 && a[KERNEL_W] == 2 && a[STRIDE_H] == 2 &&
+           a[STRIDE_W] == 2 && a[PAD_H] == 0 && a[PAD_W] == 0 && a[DIL_H] == 1 && a[DIL_W] == 1 &&
+           a[CEIL_MODE] == 0;
+}
+
 /* Outputs [ow, ow_n) of one row of the 2x2 pool (uint8 domain inside). */
 static void pool_row_2x2_scalar(const uint8_t *r0, const uint8_t *r1, uint8_t *yr, int64_t ow,
                                 int64_t ow_n, uint8_t flip)
