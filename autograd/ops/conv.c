@@ -460,9 +460,11 @@ static bool conv_forward_general(ag_ctx *ctx, const conv_geom *g, const float *x
     return true;
 }
 
-/* Threads other than the first accumulate dW into zeroed partials summed at the end,
- * so that no two threads add into one buffer. A fresh dx (see ag_grad_write) is
- * zeroed a sample at a time by the thread that then adds into it. */
+/* Every thread accumulates dW into a zeroed partial of its own, added to dw once at the
+ * end: no two threads add into one buffer, and a backward adds its whole contribution to
+ * the parameter's gradient in one addition (so two passes give exactly twice one, as
+ * PyTorch's accumulation into .grad does). A fresh dx (see ag_grad_write) is zeroed a
+ * sample at a time by the thread that then adds into it. */
 static bool conv_backward_general(ag_ctx *ctx, const conv_geom *g, const float *x,
                                   const float *w, const float *dy, float *dx, bool dx_fresh,
                                   float *dw)
@@ -473,25 +475,28 @@ static bool conv_backward_general(ag_ctx *ctx, const conv_geom *g, const float *
     conv_scratch s[CONV_MAX_THREADS];
     if (!scratch_alloc(ctx, g, nt, dw != NULL, dx != NULL, s))
         return false;
-    if (dw && nt > 1) {
-        dw_part = ag_ctx_alloc(ctx, (size_t)(nt - 1) * w_floats * sizeof(float));
+    if (dw) {
+        dw_part = ag_ctx_alloc(ctx, (size_t)nt * w_floats * sizeof(float)); // nt x (C_out, K)
         if (!dw_part)
             return false;
-        memset(dw_part, 0, (size_t)(nt - 1) * w_floats * sizeof(float));
+        memset(dw_part, 0, (size_t)nt * w_floats * sizeof(float));
     }
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
     for (int64_t i = 0; i < g->n; i++) {
         size_t t = (size_t)omp_get_thread_num();
-        float *dw_t = dw && t ? dw_part + (t - 1) * w_floats : dw;
+        float *dw_t = dw ? dw_part + t * w_floats : NULL;
         float *dx_i = dx ? dx + i * g->c_in * g->h * g->w : NULL; // (C_in, H, W)
         if (dx_i && dx_fresh)
             memset(dx_i, 0, (size_t)(g->c_in * g->h * g->w) * sizeof(float));
         backward_sample(g, x + i * g->c_in * g->h * g->w, w, dy + i * g->c_out * g->p, dx_i,
                         dw_t, &s[t]);
     }
-    for (int t = 1; dw_part && t < nt; t++)
-        for (size_t i = 0; i < w_floats; i++)
-            dw[i] += dw_part[(size_t)(t - 1) * w_floats + i];
+    for (size_t i = 0; dw_part && i < w_floats; i++) {
+        float sum = dw_part[i];
+        for (int t = 1; t < nt; t++)
+            sum += dw_part[(size_t)t * w_floats + i];
+        dw[i] += sum;
+    }
     return true;
 }
 
@@ -1214,9 +1219,14 @@ static bool conv_backward_depthwise(ag_ctx *ctx, const conv_geom *g, const float
         depthwise_plane_backward(g, x + pl * g->h * g->w, w + c * kk, dy + pl * g->p, dx_pl,
                                  dw_planes ? dw_planes + pl * kk : NULL);
     }
-    for (int64_t pl = 0; dw_planes && pl < planes; pl++)
-        for (int64_t t = 0; t < kk; t++)
-            dw[(pl % g->c_out) * kk + t] += dw_planes[pl * kk + t];
+    /* summed over the samples first, then added to dw once (see conv_backward_general) */
+    for (int64_t c = 0; dw_planes && c < g->c_out; c++)
+        for (int64_t t = 0; t < kk; t++) {
+            float sum = dw_planes[c * kk + t];
+            for (int64_t i = 1; i < g->n; i++)
+                sum += dw_planes[(i * g->c_out + c) * kk + t];
+            dw[c * kk + t] += sum;
+        }
     return true;
 }
 

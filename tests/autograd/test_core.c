@@ -60,6 +60,39 @@ START_TEST(two_backward_passes_accumulate_exactly_twice)
 }
 END_TEST
 
+/* Convolutions off the direct path (strided: im2col + sgemm; depthwise) add a backward's
+ * whole weight gradient once, not sample by sample: two passes give exactly twice one. */
+START_TEST(two_backward_passes_through_strided_and_depthwise_convs_give_exactly_twice)
+{
+    ag_ctx *ctx = ag_ctx_new();
+    ag_tensor *x = tu_rand(4, AG_SHAPE(3, 4, 7, 6), -1.0f, 1.0f, 30, true);
+    ag_tensor *w1 = tu_rand(4, AG_SHAPE(4, 4, 3, 3), -1.0f, 1.0f, 31, true);
+    ag_tensor *w2 = tu_rand(4, AG_SHAPE(4, 1, 3, 3), -1.0f, 1.0f, 32, true);
+    const ag_conv2d_args strided = {{2, 2}, {1, 1}, {1, 1}, 1};
+    const ag_conv2d_args depthwise = {{1, 1}, {1, 1}, {1, 1}, 4};
+    ag_tensor *y = ag_sum(ctx, ag_conv2d(ctx, ag_conv2d(ctx, x, w1, NULL, &strided), w2, NULL,
+                                         &depthwise), NULL, 0, false);
+    ck_assert_msg(y != NULL, "%s", ag_last_error());
+    ag_tensor *leaves[] = {x, w1, w2};
+    float *once[3];
+    ck_assert_int_eq(ag_backward(ctx, y), AG_OK);
+    for (int k = 0; k < 3; k++) {
+        once[k] = malloc((size_t)leaves[k]->numel * sizeof(float));
+        memcpy(once[k], leaves[k]->grad, (size_t)leaves[k]->numel * sizeof(float));
+    }
+    ck_assert_int_eq(ag_backward(ctx, y), AG_OK);
+    for (int k = 0; k < 3; k++) {
+        for (int64_t i = 0; i < leaves[k]->numel; i++)
+            ck_assert_msg(leaves[k]->grad[i] == 2.0f * once[k][i],
+                          "leaf %d [%lld]: %g after two passes, %g after one", k,
+                          (long long)i, (double)leaves[k]->grad[i], (double)once[k][i]);
+        free(once[k]);
+        ag_tensor_free(leaves[k]);
+    }
+    ag_ctx_free(ctx);
+}
+END_TEST
+
 /* The second pass finds the intermediate gradients allocated (and cleared): the ops
  * that wrote them fresh the first time now add, and the leaves get exactly twice. */
 START_TEST(two_backward_passes_through_writing_ops_give_exactly_twice)
@@ -480,6 +513,7 @@ Suite *make_suite(void)
     tcase_add_test(tc, backward_seeds_one_and_reaches_leaf);
     tcase_add_test(tc, two_backward_passes_accumulate_exactly_twice);
     tcase_add_test(tc, two_backward_passes_through_writing_ops_give_exactly_twice);
+    tcase_add_test(tc, two_backward_passes_through_strided_and_depthwise_convs_give_exactly_twice);
     tcase_add_test(tc, no_grad_records_nothing);
     tcase_add_test(tc, inputs_without_grad_record_nothing);
     tcase_add_test(tc, arena_stops_growing_after_first_step);
