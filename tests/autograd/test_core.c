@@ -60,6 +60,30 @@ START_TEST(two_backward_passes_accumulate_exactly_twice)
 }
 END_TEST
 
+/* Runs backward from y twice and checks every leaf's gradient is exactly twice what the
+ * first pass gave; frees the leaves and the context. */
+static void backward_twice_gives_exactly_twice(ag_ctx *ctx, ag_tensor *y, ag_tensor **leaves,
+                                               int n)
+{
+    float *once[8];
+    ck_assert_int_le(n, 8);
+    ck_assert_int_eq(ag_backward(ctx, y), AG_OK);
+    for (int k = 0; k < n; k++) {
+        once[k] = malloc((size_t)leaves[k]->numel * sizeof(float));
+        memcpy(once[k], leaves[k]->grad, (size_t)leaves[k]->numel * sizeof(float));
+    }
+    ck_assert_int_eq(ag_backward(ctx, y), AG_OK);
+    for (int k = 0; k < n; k++) {
+        for (int64_t i = 0; i < leaves[k]->numel; i++)
+            ck_assert_msg(leaves[k]->grad[i] == 2.0f * once[k][i],
+                          "leaf %d [%lld]: %g after two passes, %g after one", k,
+                          (long long)i, (double)leaves[k]->grad[i], (double)once[k][i]);
+        free(once[k]);
+        ag_tensor_free(leaves[k]);
+    }
+    ag_ctx_free(ctx);
+}
+
 /* Convolutions off the direct path (strided: im2col + sgemm; depthwise) add a backward's
  * whole weight gradient once, not sample by sample: two passes give exactly twice one. */
 START_TEST(two_backward_passes_through_strided_and_depthwise_convs_give_exactly_twice)
@@ -74,22 +98,7 @@ START_TEST(two_backward_passes_through_strided_and_depthwise_convs_give_exactly_
                                          &depthwise), NULL, 0, false);
     ck_assert_msg(y != NULL, "%s", ag_last_error());
     ag_tensor *leaves[] = {x, w1, w2};
-    float *once[3];
-    ck_assert_int_eq(ag_backward(ctx, y), AG_OK);
-    for (int k = 0; k < 3; k++) {
-        once[k] = malloc((size_t)leaves[k]->numel * sizeof(float));
-        memcpy(once[k], leaves[k]->grad, (size_t)leaves[k]->numel * sizeof(float));
-    }
-    ck_assert_int_eq(ag_backward(ctx, y), AG_OK);
-    for (int k = 0; k < 3; k++) {
-        for (int64_t i = 0; i < leaves[k]->numel; i++)
-            ck_assert_msg(leaves[k]->grad[i] == 2.0f * once[k][i],
-                          "leaf %d [%lld]: %g after two passes, %g after one", k,
-                          (long long)i, (double)leaves[k]->grad[i], (double)once[k][i]);
-        free(once[k]);
-        ag_tensor_free(leaves[k]);
-    }
-    ag_ctx_free(ctx);
+    backward_twice_gives_exactly_twice(ctx, y, leaves, 3);
 }
 END_TEST
 
@@ -112,22 +121,7 @@ START_TEST(two_backward_passes_through_writing_ops_give_exactly_twice)
     ag_tensor *y = ag_sum(ctx, ag_linear(ctx, ag_flatten(ctx, v, 1), fw, NULL), NULL, 0, false);
     ck_assert_msg(y != NULL, "%s", ag_last_error());
     ag_tensor *leaves[] = {x, w, bw, bb, fw};
-    float *once[5];
-    ck_assert_int_eq(ag_backward(ctx, y), AG_OK);
-    for (int k = 0; k < 5; k++) {
-        once[k] = malloc((size_t)leaves[k]->numel * sizeof(float));
-        memcpy(once[k], leaves[k]->grad, (size_t)leaves[k]->numel * sizeof(float));
-    }
-    ck_assert_int_eq(ag_backward(ctx, y), AG_OK);
-    for (int k = 0; k < 5; k++) {
-        for (int64_t i = 0; i < leaves[k]->numel; i++)
-            ck_assert_msg(leaves[k]->grad[i] == 2.0f * once[k][i],
-                          "leaf %d [%lld]: %g after two passes, %g after one", k,
-                          (long long)i, (double)leaves[k]->grad[i], (double)once[k][i]);
-        free(once[k]);
-        ag_tensor_free(leaves[k]);
-    }
-    ag_ctx_free(ctx);
+    backward_twice_gives_exactly_twice(ctx, y, leaves, 5);
 }
 END_TEST
 
