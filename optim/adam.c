@@ -20,15 +20,6 @@
 
 #include "optim/optim_impl.h"
 
-/* The update loop is compiled twice, for the baseline and for FMA, picked at run time:
- * the build targets baseline x86-64, where fmaf is a libm call per element. */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define ADAM_FMA_DISPATCH 1
-#define ADAM_FMA __attribute__((target("avx2,fma")))
-#else
-#define ADAM_FMA_DISPATCH 0
-#endif
-
 static const char *const adam_keys[] = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
 
 optim_adam_args optim_adam_defaults(void)
@@ -133,8 +124,8 @@ static void adam_span(const adam_pass *s, int64_t lo, int64_t hi)
     adam_span_body(s, lo, hi);
 }
 
-#if ADAM_FMA_DISPATCH
-static ADAM_FMA void adam_span_fma(const adam_pass *s, int64_t lo, int64_t hi)
+#if OPTIM_FMA_DISPATCH
+static OPTIM_FMA void adam_span_fma(const adam_pass *s, int64_t lo, int64_t hi)
 {
     adam_span_body(s, lo, hi);
 }
@@ -166,8 +157,8 @@ void optim_adam_update(const optim_adam_args *a, bool decoupled_decay, optim_slo
         .shrink = (float)(1.0 - a->lr * a->weight_decay), /* AdamW's p.mul_ */
     };
     void (*span)(const adam_pass *, int64_t, int64_t) = adam_span;
-#if ADAM_FMA_DISPATCH
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+#if OPTIM_FMA_DISPATCH
+    if (optim_fma_available())
         span = adam_span_fma;
 #endif
     const int64_t n = p->numel;

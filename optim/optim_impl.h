@@ -48,4 +48,18 @@ void optim_adam_update(const optim_adam_args *a, bool decoupled_decay, optim_slo
 /* "invalid lr -1 (must be >= 0)" checks shared by the constructors and set_lr. */
 bool optim_check_nonneg(const char *op, const char *what, double v);
 
+/* The update loops are compiled twice, for the baseline and for FMA, picked at run time
+ * (optim_fma_available): the build targets baseline x86-64, where fmaf is a libm call per
+ * element. Both give the same bits (fma rounds once either way). */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define OPTIM_FMA_DISPATCH 1
+#define OPTIM_FMA __attribute__((target("avx2,fma")))
+static inline bool optim_fma_available(void)
+{
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#else
+#define OPTIM_FMA_DISPATCH 0
+#endif
+
 #endif

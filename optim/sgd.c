@@ -17,15 +17,6 @@
 
 #include "optim/optim_impl.h"
 
-/* The update loop is compiled twice, for the baseline and for FMA, picked at run time:
- * the build targets baseline x86-64, where fmaf is a libm call per element. */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define SGD_FMA_DISPATCH 1
-#define SGD_FMA __attribute__((target("avx2,fma")))
-#else
-#define SGD_FMA_DISPATCH 0
-#endif
-
 static const char *const sgd_keys[] = {"momentum_buffer"};
 
 static bool check_sgd_args(const optim_sgd_args *a)
@@ -99,8 +90,8 @@ static void sgd_span(const sgd_pass *s, int64_t lo, int64_t hi)
     sgd_span_body(s, lo, hi);
 }
 
-#if SGD_FMA_DISPATCH
-static SGD_FMA void sgd_span_fma(const sgd_pass *s, int64_t lo, int64_t hi)
+#if OPTIM_FMA_DISPATCH
+static OPTIM_FMA void sgd_span_fma(const sgd_pass *s, int64_t lo, int64_t hi)
 {
     sgd_span_body(s, lo, hi);
 }
@@ -123,8 +114,8 @@ void optim_sgd_update(const optim_sgd_args *a, optim_slot *slot)
         .neg_lr = (float)-a->lr,             /* alpha of p.add_(d, alpha=-lr) */
     };
     void (*span)(const sgd_pass *, int64_t, int64_t) = sgd_span;
-#if SGD_FMA_DISPATCH
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+#if OPTIM_FMA_DISPATCH
+    if (optim_fma_available())
         span = sgd_span_fma;
 #endif
     const int64_t n = p->numel;

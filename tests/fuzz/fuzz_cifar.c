@@ -29,9 +29,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (int32_t i = 0; i + 1 < n_files; i++) {
         if (size < 4)
             return 0;
-        uint32_t v = (uint32_t)data[0] | (uint32_t)data[1] << 8 | (uint32_t)data[2] << 16 |
-                     (uint32_t)data[3] << 24;
-        len[i] = v;
+        len[i] = fuzz_le32(data);
         data += 4;
         size -= 4;
     }

@@ -22,8 +22,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 4)
         return 0;
-    uint32_t split = (uint32_t)data[0] | (uint32_t)data[1] << 8 | (uint32_t)data[2] << 16 |
-                     (uint32_t)data[3] << 24;
+    uint32_t split = fuzz_le32(data);
     data += 4;
     size -= 4;
     size_t n_images = split % (size + 1);

@@ -71,4 +71,10 @@ void fuzz_h5_check_closed(const char *who);
  * message): to see which inputs of a corpus pass, and why the others fail. */
 void fuzz_report(const char *who, const char *error);
 
+/* The 4 bytes at p as a little-endian uint32 (how the data targets split their input). */
+static inline uint32_t fuzz_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
 #endif
